@@ -1,0 +1,26 @@
+//! Edge code shared by the `producer` and `consumer` binaries.
+//!
+//! # Layout
+//! - [`cli`]: log set-up (`--log-format text|json`) and the shutdown signal.
+//! - [`kafka`]: client configuration, a bounded broker reachability check and topic
+//!   creation through the admin API.
+
+pub mod cli;
+pub mod kafka;
+
+/// Errors of the shared Kafka helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach Kafka brokers at {brokers} within {timeout:?}: {reason}")]
+    Unreachable {
+        brokers: String,
+        timeout: std::time::Duration,
+        reason: String,
+    },
+    #[error("invalid Kafka client option {0:?}: expected KEY=VALUE")]
+    BadOption(String),
+    #[error("Kafka client configuration rejected: {0}")]
+    Config(String),
+    #[error("cannot create topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}

@@ -1,0 +1,27 @@
+-- The default transform: what the original Spark job did, fixed.
+--
+-- `events` holds one micro-batch: the twelve event fields plus the Kafka columns
+-- "topic", "partition", "offset", "timestamp" and "key".
+-- Rows without an id are dropped; one row per id survives, the latest by Kafka
+-- position; dob and registered_date become UTC timestamps (timestamptz in
+-- PostgreSQL); a value that does not parse becomes NULL instead of failing the batch.
+WITH ranked AS (
+    SELECT *,
+           row_number() OVER (PARTITION BY id ORDER BY "partition" DESC, "offset" DESC) AS rn
+    FROM events
+    WHERE id IS NOT NULL
+)
+SELECT id,
+       first_name,
+       last_name,
+       gender,
+       address,
+       post_code,
+       email,
+       username,
+       arrow_cast(try_cast(dob AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS dob,
+       arrow_cast(try_cast(registered_date AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS registered_date,
+       phone,
+       picture
+FROM ranked
+WHERE rn = 1

@@ -1,0 +1,162 @@
+//! The consumer's command line. Every flag has an env var, so docker compose, a
+//! shell and the tests configure the same binary the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use common::cli::LogFormat;
+
+/// Where to start in a partition for which PostgreSQL holds no offset yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartingOffsets {
+    Earliest,
+    Latest,
+}
+
+/// Reads user events from Kafka in micro-batches, transforms each batch with
+/// DataFusion SQL and writes the result exactly once to PostgreSQL and CSV files.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "consumer", version, about, long_about = None)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+
+    /// Topic to read.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "users_created")]
+    pub topic: String,
+
+    /// Consumer group. Offsets are stored in PostgreSQL under this name.
+    #[arg(
+        long = "group",
+        env = "KAFKA_GROUP_ID",
+        default_value = "users-pipeline"
+    )]
+    pub group: String,
+
+    /// PostgreSQL connection URL. The database is created if it is missing and the
+    /// server allows it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/userdb"
+    )]
+    pub database_url: String,
+
+    /// Table the output rows are upserted into (created if missing).
+    #[arg(long, env = "TABLE", default_value = "users")]
+    pub table: String,
+
+    /// Key column of the table: a row whose key comes again replaces the old one.
+    #[arg(long, env = "KEY_COLUMN", default_value = "id")]
+    pub key_column: String,
+
+    /// Table that keeps every message that could not be processed, with the reason.
+    #[arg(long, env = "DEAD_LETTER_TABLE", default_value = "dead_letters")]
+    pub dead_letter_table: String,
+
+    /// Directory of the CSV part files.
+    #[arg(long, env = "OUTPUT_DIR", default_value = "output_data")]
+    pub output_dir: PathBuf,
+
+    /// Where to start in partitions for which no offset is stored yet.
+    #[arg(long, env = "STARTING_OFFSETS", value_enum, default_value = "earliest")]
+    pub starting_offsets: StartingOffsets,
+
+    /// A batch closes this long after it started collecting (or earlier when full).
+    #[arg(long, env = "TRIGGER_INTERVAL", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub trigger_interval: Duration,
+
+    /// A batch closes when it holds this many records.
+    #[arg(long, env = "MAX_BATCH_RECORDS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_records: u64,
+
+    /// A batch closes when its payloads add up to this many bytes.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_bytes: u64,
+
+    /// A SQL file replacing the default transform. It reads the table `events` and
+    /// its output columns decide the PostgreSQL table and the CSV header.
+    #[arg(long, env = "TRANSFORM_SQL")]
+    pub transform_sql: Option<PathBuf>,
+
+    /// Process everything present at start-up, commit, and exit 0.
+    #[arg(long, env = "AVAILABLE_NOW")]
+    pub available_now: bool,
+
+    /// Print the first N output rows of each batch as a table.
+    #[arg(long, env = "SHOW_ROWS", default_value_t = 0)]
+    pub show: usize,
+
+    /// How long to wait for Kafka and PostgreSQL at start-up before giving up.
+    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Longest pause between two attempts while PostgreSQL is unreachable mid-run.
+    #[arg(long, env = "MAX_RETRY_BACKOFF", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub max_retry_backoff: Duration,
+
+    /// Extra librdkafka options, `-X key=value` (repeatable; `,`-separated in the env var).
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "CONSUMER_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Vec<String>,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The transform SQL: the user's file, or the default shipped with the binary.
+    pub fn sql(&self) -> Result<String, crate::Error> {
+        match &self.transform_sql {
+            None => Ok(crate::transform::DEFAULT_SQL.to_string()),
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                crate::Error::Config(format!(
+                    "cannot read --transform-sql {}: {e}",
+                    path.display()
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_original_pipeline() {
+        let c = Config::try_parse_from(["consumer"]).unwrap();
+        assert_eq!(c.topic, "users_created");
+        assert_eq!(c.table, "users");
+        assert_eq!(
+            c.database_url,
+            "postgres://postgres:postgres@localhost:5432/userdb"
+        );
+        assert_eq!(c.output_dir, PathBuf::from("output_data"));
+        assert_eq!(c.trigger_interval, Duration::from_secs(1));
+        assert_eq!(c.starting_offsets, StartingOffsets::Earliest);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        for args in [
+            &["consumer", "--trigger-interval", "often"][..],
+            &["consumer", "--max-batch-records", "0"],
+            &["consumer", "--starting-offsets", "middle"],
+        ] {
+            assert!(Config::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

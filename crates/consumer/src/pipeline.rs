@@ -1,0 +1,655 @@
+//! The micro-batch loop: collect, transform, write, commit, repeat.
+//!
+//! While one batch is being written, the loop keeps polling Kafka and decodes the
+//! next batch (pausing the partitions once that one is full), so the consumer stays
+//! in its group however long PostgreSQL takes, and fetching overlaps writing.
+//! ARCHITECTURE.md describes the offset protocol this loop implements.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::config::Config;
+use crate::decode::{BatchBuilder, DeadLetter, Origin};
+use crate::offsets::Advance;
+use crate::sink::copy;
+use crate::sink::csv::{CsvSink, Staged, part_name};
+use crate::sink::postgres::{BatchWrite, Outcome, PgSink, Target};
+use crate::sink::{self, column_ident, table_ident};
+use crate::source::{self, KafkaConsumer, OffsetOracle, PipelineContext};
+use crate::transform::Transform;
+
+/// What a run did, for the final log line and the tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub records: u64,
+    pub rows_written: u64,
+    pub dead_letters: u64,
+}
+
+/// Runs the consumer until `shutdown` resolves (or, with `--available-now`, until
+/// everything present at start-up is committed).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, Error> {
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let watcher = async move {
+        shutdown.await;
+        trigger.cancel();
+    };
+    tokio::select! {
+        biased;
+        r = run_until(config, stop.clone()) => r,
+        // `watcher` never finishes first: it only cancels the token.
+        () = async { watcher.await; std::future::pending::<()>().await } => unreachable!(),
+    }
+}
+
+async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
+    let started = Instant::now();
+    // Everything that can be checked without a service comes first.
+    let table = table_ident(&config.table).map_err(Error::Config)?;
+    let dead_letter_table = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
+    let key = column_ident(&config.key_column).map_err(Error::Config)?;
+    let transform = Transform::new(&config.sql()?).await?;
+    let columns = sink::columns(&transform.output_schema()).map_err(Error::Config)?;
+    if !columns.iter().any(|c| c.name == config.key_column) {
+        return Err(Error::Config(format!(
+            "the transform's output has no key column {:?} (columns: {}); \
+             select it or set --key-column",
+            config.key_column,
+            columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let instance = Uuid::new_v4();
+    let csv = CsvSink::open(&config.output_dir, instance)?;
+
+    let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let (topic, timeout) = (config.topic.clone(), config.connect_timeout);
+    let partitions = tokio::task::spawn_blocking(move || {
+        common::kafka::check_reachable(&probe, &topic, timeout)
+    })
+    .await
+    .map_err(|e| Error::Config(e.to_string()))??;
+    if partitions.is_none() {
+        return Err(Error::Config(format!(
+            "topic {:?} does not exist on {} (the producer creates it; or create it with --partitions)",
+            config.topic, config.brokers
+        )));
+    }
+
+    let target = Target {
+        table,
+        key,
+        columns: columns.clone(),
+        dead_letter_table,
+        group: config.group.clone(),
+        topic: config.topic.clone(),
+    };
+    let mut pg = PgSink::connect(&config.database_url, config.connect_timeout, target).await?;
+
+    // Resolve what dead processes left staged: promote committed batches' files.
+    let orphans = csv.orphans()?;
+    if !orphans.files.is_empty() {
+        let ids: Vec<Uuid> = orphans.files.iter().map(|(id, _)| *id).collect();
+        let committed = pg.committed(&ids).await?;
+        let (promoted, deleted) = csv.resolve(orphans, &committed)?;
+        info!(
+            message = "Resolved staged part files of a previous run.",
+            promoted, deleted
+        );
+    } else {
+        csv.resolve(orphans, &HashSet::new())?;
+    }
+
+    let oracle = OffsetOracle::start(
+        sink::postgres::parse_url(&config.database_url, config.connect_timeout)?,
+        config.group.clone(),
+        config.topic.clone(),
+        config.connect_timeout,
+    );
+    let context = PipelineContext::new(
+        config.topic.clone(),
+        config.starting_offsets,
+        oracle,
+        stop.clone(),
+        config.connect_timeout,
+    );
+    let consumer = source::create(&config, context)?;
+    info!(
+        message = "Consumer started.",
+        topic = %config.topic,
+        group = %config.group,
+        postgres = %pg.display(),
+        output_dir = %config.output_dir.display(),
+        available_now = config.available_now,
+        startup_ms = started.elapsed().as_millis() as u64
+    );
+
+    let mut state = LoopState {
+        config: &config,
+        consumer: &consumer,
+        generation: 0,
+        assigned: HashMap::new(),
+        committed: HashMap::new(),
+        consumed: HashMap::new(),
+        eof: HashSet::new(),
+        targets: HashMap::new(),
+    };
+    let mut sinks = Sinks {
+        pg: &mut pg,
+        csv: &csv,
+        transform: &transform,
+        columns: &columns,
+    };
+    let mut summary = RunSummary::default();
+    let result = state.run(&mut sinks, &stop, &mut summary).await;
+    consumer.unsubscribe();
+    info!(
+        message = "Consumer stopped.",
+        batches = summary.batches,
+        records = summary.records,
+        rows_written = summary.rows_written,
+        dead_letters = summary.dead_letters
+    );
+    result.map(|()| summary)
+}
+
+struct Sinks<'a> {
+    pg: &'a mut PgSink,
+    csv: &'a CsvSink,
+    transform: &'a Transform,
+    columns: &'a [sink::Column],
+}
+
+/// One micro-batch being collected.
+struct Collecting {
+    builder: BatchBuilder,
+    /// Per partition: first and last offset taken.
+    ranges: BTreeMap<i32, (i64, i64)>,
+    started: Instant,
+}
+
+impl Collecting {
+    fn new() -> Self {
+        Self {
+            builder: BatchBuilder::new(),
+            ranges: BTreeMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn full(&self, config: &Config) -> bool {
+        self.builder.records() >= config.max_batch_records
+            || self.builder.bytes() >= config.max_batch_bytes
+    }
+}
+
+struct LoopState<'a> {
+    config: &'a Config,
+    consumer: &'a KafkaConsumer,
+    generation: u64,
+    /// Partitions this consumer owns, as of `generation`.
+    assigned: HashMap<i32, Option<i64>>,
+    /// The next offset PostgreSQL holds for each owned partition, as far as we know.
+    committed: HashMap<i32, Option<i64>>,
+    /// The next offset after the last message taken, per partition.
+    consumed: HashMap<i32, i64>,
+    /// `--available-now`: partitions that reached their end.
+    eof: HashSet<i32>,
+    /// `--available-now`: the high watermark first seen per partition.
+    targets: HashMap<i32, i64>,
+}
+
+impl LoopState<'_> {
+    async fn run(
+        &mut self,
+        sinks: &mut Sinks<'_>,
+        stop: &CancellationToken,
+        summary: &mut RunSummary,
+    ) -> Result<(), Error> {
+        let mut batch = Collecting::new();
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            if self.sync_generation() {
+                batch = Collecting::new();
+            }
+            let records = batch.builder.records();
+            let finished = self.config.available_now && self.all_done();
+            let due = records > 0 && batch.started.elapsed() >= self.config.trigger_interval;
+            if records > 0 && (batch.full(self.config) || due || finished) {
+                batch = self.process(batch, sinks, stop, summary).await?;
+                continue;
+            }
+            if finished {
+                return Ok(());
+            }
+            let deadline = batch.started + self.config.trigger_interval;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(deadline.into()), if records > 0 => {}
+                m = self.consumer.recv() => self.take(&mut batch, m)?,
+            }
+        }
+    }
+
+    /// Picks up a rebalance. Returns true when the batch being collected must be
+    /// dropped (it was read under the previous assignment).
+    fn sync_generation(&mut self) -> bool {
+        let generation = self.consumer.context().generation();
+        if generation == self.generation {
+            return false;
+        }
+        let a = self.consumer.context().assignment();
+        self.generation = a.generation;
+        self.committed = a.stored.clone();
+        self.assigned = a.stored;
+        self.consumed.clear();
+        self.eof.clear();
+        true
+    }
+
+    /// Takes one polled message (or event) into `batch`.
+    fn take(
+        &mut self,
+        batch: &mut Collecting,
+        message: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), Error> {
+        if self.sync_generation() {
+            *batch = Collecting::new();
+        }
+        match message {
+            Ok(m) => {
+                let p = m.partition();
+                if !self.assigned.contains_key(&p) || m.topic() != self.config.topic {
+                    return Ok(()); // not ours (any more): its owner reads it
+                }
+                let floor = batch
+                    .ranges
+                    .get(&p)
+                    .map(|r| r.1 + 1)
+                    .or_else(|| self.committed.get(&p).copied().flatten());
+                if floor.is_some_and(|f| m.offset() < f) {
+                    return Ok(()); // already committed: a replay after a rebalance
+                }
+                batch.builder.push(
+                    &Origin {
+                        topic: m.topic(),
+                        partition: p,
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                        key: m.key(),
+                    },
+                    m.payload(),
+                );
+                batch
+                    .ranges
+                    .entry(p)
+                    .and_modify(|r| r.1 = m.offset())
+                    .or_insert((m.offset(), m.offset()));
+                self.consumed.insert(p, m.offset() + 1);
+                if self.config.available_now && !self.targets.contains_key(&p) {
+                    if let Some(high) = source::cached_high_watermark(self.consumer, m.topic(), p) {
+                        self.targets.insert(p, high);
+                    }
+                }
+                Ok(())
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                self.eof.insert(p);
+                Ok(())
+            }
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                Err(Error::KafkaRuntime(format!("fatal consumer error: {code}")))
+            }
+            Err(e) => {
+                // Transport errors and the like: librdkafka retries by itself.
+                warn!(message = "Kafka consumer error.", error = %e);
+                Ok(())
+            }
+        }
+    }
+
+    /// `--available-now`: every owned partition has been read up to what it held.
+    fn all_done(&self) -> bool {
+        self.generation > 0
+            && self.assigned.keys().all(|p| {
+                self.eof.contains(p)
+                    || self
+                        .targets
+                        .get(p)
+                        .is_some_and(|t| self.consumed.get(p).is_some_and(|c| c >= t))
+            })
+    }
+
+    /// Transforms and commits one batch. Returns the next batch, collected meanwhile.
+    async fn process(
+        &mut self,
+        batch: Collecting,
+        sinks: &mut Sinks<'_>,
+        stop: &CancellationToken,
+        summary: &mut RunSummary,
+    ) -> Result<Collecting, Error> {
+        let started = Instant::now();
+        let records = batch.builder.records();
+        let ranges = batch.ranges;
+        let (input, mut dead) = batch.builder.finish();
+        let input_rows = input.num_rows();
+        let (output, failed) = sinks.transform.run_isolating(input).await;
+        dead.extend(
+            failed
+                .iter()
+                .map(|(row, reason)| transform_dead_letter(row, reason)),
+        );
+        let output_rows: usize = output.iter().map(RecordBatch::num_rows).sum();
+        if self.config.show > 0 && output_rows > 0 {
+            show(&output, self.config.show);
+        }
+        let encoded = copy::encode(&output, sinks.columns)?;
+        let id = Uuid::now_v7();
+        let staged = stage_with_retries(sinks.csv, id, &output, stop).await;
+        let Some(staged) = staged else {
+            return Ok(Collecting::new()); // stopping
+        };
+        let advances: Vec<Advance> = ranges
+            .iter()
+            .map(|(p, (first, last))| Advance {
+                partition: *p,
+                expected: self.committed.get(p).copied().flatten(),
+                next: last + 1,
+                first: *first,
+            })
+            .collect();
+        let part_file = staged.as_ref().map(|s| part_name(s.batch));
+        let write = BatchWrite {
+            id,
+            encoded: &encoded,
+            dead_letters: &dead,
+            advances: &advances,
+            part_file: part_file.as_deref(),
+            records,
+        };
+
+        // Keep polling (and collecting the next batch) while the batch is written.
+        let mut next = Collecting::new();
+        let mut paused: Option<TopicPartitionList> = None;
+        let outcome = {
+            let attempt = write_with_retries(sinks.pg, &write, stop, self.config.max_retry_backoff);
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut attempt => break outcome,
+                    m = self.consumer.recv() => {
+                        self.take(&mut next, m)?;
+                        if paused.is_none() && next.full(self.config) {
+                            paused = self.pause();
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(tpl) = paused {
+            let _ = self.consumer.resume(&tpl);
+        }
+        let outcome = match outcome {
+            Some(Outcome::Conflict) if sinks.pg.is_committed(id).await.unwrap_or(false) => {
+                // The commit went through but its answer was lost.
+                Outcome::Committed {
+                    rows_written: 0,
+                    rejected_rows: 0,
+                    dead_letters: dead.len() as u64,
+                }
+            }
+            Some(o) => o,
+            None => return Ok(next), // stopping; a staged file is resolved at the next start
+        };
+        match outcome {
+            Outcome::Committed {
+                rows_written,
+                rejected_rows,
+                dead_letters,
+            } => {
+                let file = match &staged {
+                    Some(s) => Some(promote_with_retries(sinks.csv, s, stop).await),
+                    None => None,
+                };
+                for a in &advances {
+                    if self.assigned.contains_key(&a.partition) {
+                        self.committed.insert(a.partition, Some(a.next));
+                    }
+                }
+                self.commit_to_kafka(&advances);
+                let elapsed = started.elapsed();
+                summary.batches += 1;
+                summary.records += records;
+                summary.rows_written += rows_written;
+                summary.dead_letters += dead_letters;
+                info!(
+                    message = "Batch committed.",
+                    batch = %id,
+                    records,
+                    rows_out = output_rows,
+                    rows_written,
+                    filtered = input_rows.saturating_sub(output_rows + failed.len()),
+                    dead_letters,
+                    rejected_rows,
+                    partitions = %describe_ranges(&advances),
+                    part_file = file.flatten().as_deref().unwrap_or("-"),
+                    duration_ms = elapsed.as_millis() as u64,
+                    rows_per_s = (records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
+                );
+                Ok(next)
+            }
+            Outcome::Conflict => {
+                if let Some(s) = staged {
+                    sinks.csv.discard(s);
+                }
+                warn!(
+                    message = "Another consumer moved the offsets first; batch dropped, rewinding to the stored offsets.",
+                    batch = %id,
+                    partitions = %describe_ranges(&advances)
+                );
+                self.rewind(sinks.pg).await?;
+                Ok(Collecting::new())
+            }
+        }
+    }
+
+    fn pause(&self) -> Option<TopicPartitionList> {
+        let tpl = self.consumer.assignment().ok()?;
+        self.consumer.pause(&tpl).ok()?;
+        Some(tpl)
+    }
+
+    /// Re-reads the stored offsets of the owned partitions and seeks to them.
+    async fn rewind(&mut self, pg: &mut PgSink) -> Result<(), Error> {
+        let partitions: Vec<i32> = self.assigned.keys().copied().collect();
+        let stored = pg.load_offsets(&partitions).await?;
+        for p in partitions {
+            let offset = stored
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            self.consumer
+                .seek(&self.config.topic, p, offset, Duration::from_secs(10))
+                .map_err(|e| Error::KafkaRuntime(format!("cannot seek partition {p}: {e}")))?;
+            self.committed.insert(p, stored.get(&p).copied());
+        }
+        self.consumed.clear();
+        Ok(())
+    }
+
+    /// Advisory: lets standard lag tools see the progress. PostgreSQL has the truth.
+    fn commit_to_kafka(&self, advances: &[Advance]) {
+        let mut tpl = TopicPartitionList::new();
+        for a in advances
+            .iter()
+            .filter(|a| self.assigned.contains_key(&a.partition))
+        {
+            let _ =
+                tpl.add_partition_offset(&self.config.topic, a.partition, Offset::Offset(a.next));
+        }
+        if tpl.count() > 0 {
+            let _ = self.consumer.commit(&tpl, CommitMode::Async);
+        }
+    }
+}
+
+/// Writes the batch, retrying with backoff until it commits, conflicts, or the
+/// consumer stops (`None`). An attempt under way when stopping gets a short grace.
+async fn write_with_retries(
+    pg: &mut PgSink,
+    write: &BatchWrite<'_>,
+    stop: &CancellationToken,
+    max_backoff: Duration,
+) -> Option<Outcome> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        let result = tokio::select! {
+            biased;
+            r = pg.write(write) => r,
+            () = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => return None,
+        };
+        match result {
+            Ok(outcome) => return Some(outcome),
+            Err(e) => {
+                pg.failed(&e, attempt, delay);
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_backoff);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Stages the part file, retrying while the disk refuses (`None` when stopping).
+async fn stage_with_retries(
+    csv: &CsvSink,
+    id: Uuid,
+    output: &[RecordBatch],
+    stop: &CancellationToken,
+) -> Option<Option<Staged>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match csv.stage(id, output) {
+            Ok(staged) => return Some(staged),
+            Err(e) => {
+                warn!(message = "Cannot write the part file, retrying.", error = %e, retry_in = ?delay);
+                csv.discard_all();
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Promotes a committed batch's file; the batch is committed, so this must happen:
+/// retry until it does (or leave it to the next start's recovery when stopping).
+async fn promote_with_retries(
+    csv: &CsvSink,
+    staged: &Staged,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match csv.promote(staged) {
+            Ok(path) => return Some(path.display().to_string()),
+            Err(e) => {
+                warn!(message = "Cannot promote the part file, retrying.", error = %e, retry_in = ?delay);
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// An input row the transform could not process, kept with its Kafka coordinates.
+fn transform_dead_letter(row: &RecordBatch, reason: &str) -> DeadLetter {
+    let topic = row
+        .column_by_name("topic")
+        .map(|a| a.as_string::<i32>().value(0).to_string());
+    let partition = row
+        .column_by_name("partition")
+        .map(|a| a.as_primitive::<Int32Type>().value(0));
+    let offset = row
+        .column_by_name("offset")
+        .map(|a| a.as_primitive::<Int64Type>().value(0));
+    let timestamp = row.column_by_name("timestamp").and_then(|a| {
+        let a = a.as_primitive::<TimestampMillisecondType>();
+        a.is_valid(0).then(|| a.value(0))
+    });
+    let key = row.column_by_name("key").and_then(|a| {
+        let a = a.as_binary::<i32>();
+        a.is_valid(0).then(|| a.value(0).to_vec())
+    });
+    let fields: Vec<usize> = (0..events::FIELDS.len()).collect();
+    let payload = row
+        .project(&fields)
+        .map(|r| copy::row_json(&r, 0).into_bytes())
+        .ok();
+    DeadLetter {
+        topic,
+        partition,
+        offset,
+        timestamp,
+        key,
+        payload,
+        reason: format!("transform failed: {reason}"),
+        stage: "transform",
+    }
+}
+
+fn describe_ranges(advances: &[Advance]) -> String {
+    advances
+        .iter()
+        .map(|a| format!("{}:[{}..{})", a.partition, a.first, a.next))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--show N`: the first N rows, like Spark's `df.show()`.
+fn show(output: &[RecordBatch], n: usize) {
+    let mut left = n;
+    let mut head = Vec::new();
+    for b in output {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(b.num_rows());
+        head.push(b.slice(0, take));
+        left -= take;
+    }
+    if let Ok(table) = datafusion::arrow::util::pretty::pretty_format_batches(&head) {
+        println!("{table}");
+    }
+}

@@ -1,0 +1,315 @@
+//! The Kafka side of the consumer: group membership and where each partition starts.
+//!
+//! Kafka's committed offsets are advisory here; PostgreSQL holds the real ones. So
+//! when partitions are assigned, the rebalance callback asks PostgreSQL for their
+//! stored offsets and hands them to `assign` itself, before any fetch begins: the
+//! consumer never starts from a position PostgreSQL does not know. (Seeking after
+//! assignment instead would race librdkafka's own committed-offset lookup.)
+//!
+//! The callback runs inside librdkafka's poll and must answer synchronously, so the
+//! lookup goes to a small dedicated thread with its own connection (the
+//! [`OffsetOracle`]). The main loop learns about every rebalance through a
+//! generation counter and the positions recorded here.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::Mutex;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, StartingOffsets};
+use crate::offsets;
+
+/// The consumer type of the pipeline.
+pub type KafkaConsumer = StreamConsumer<PipelineContext>;
+
+/// What the main loop needs to know about the current assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// Bumped on every rebalance; a batch collected under an older generation is
+    /// dropped, never committed.
+    pub generation: u64,
+    /// Assigned partitions and the offset PostgreSQL held for each when it was
+    /// assigned (`None`: nothing stored yet).
+    pub stored: HashMap<i32, Option<i64>>,
+}
+
+/// Looks up stored offsets on behalf of the rebalance callback.
+pub struct OffsetOracle {
+    tx: tokio::sync::mpsc::UnboundedSender<(
+        Vec<i32>,
+        SyncSender<Result<HashMap<i32, i64>, String>>,
+    )>,
+}
+
+impl OffsetOracle {
+    /// Starts the lookup thread with its own runtime and connection.
+    pub fn start(
+        pg: tokio_postgres::Config,
+        group: String,
+        topic: String,
+        timeout: Duration,
+    ) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            Vec<i32>,
+            SyncSender<Result<HashMap<i32, i64>, String>>,
+        )>();
+        let spawned = std::thread::Builder::new()
+            .name("offset-oracle".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let mut client: Option<tokio_postgres::Client> = None;
+                    while let Some((partitions, reply)) = rx.recv().await {
+                        if client
+                            .as_ref()
+                            .is_none_or(tokio_postgres::Client::is_closed)
+                        {
+                            client = crate::sink::postgres::connect_plain(&pg, timeout)
+                                .await
+                                .ok();
+                        }
+                        let result = match &client {
+                            Some(c) => offsets::load(c, &group, &topic, &partitions)
+                                .await
+                                .map_err(|e| crate::sink::postgres::reason(&e)),
+                            None => Err("cannot connect to PostgreSQL".to_string()),
+                        };
+                        let _ = reply.send(result);
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            warn!(message = "Cannot start the offset lookup thread.", error = %e);
+        }
+        Self { tx }
+    }
+
+    fn load(&self, partitions: Vec<i32>, timeout: Duration) -> Result<HashMap<i32, i64>, String> {
+        let (reply, answer) = sync_channel(1);
+        self.tx
+            .send((partitions, reply))
+            .map_err(|_| "offset lookup thread is gone".to_string())?;
+        answer
+            .recv_timeout(timeout + Duration::from_secs(1))
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
+
+/// The consumer context: logs rebalances, positions assigned partitions at their
+/// stored offsets, and records the assignment for the main loop.
+pub struct PipelineContext {
+    topic: String,
+    starting: StartingOffsets,
+    oracle: OffsetOracle,
+    stop: CancellationToken,
+    retry: Duration,
+    assignment: Mutex<Assignment>,
+}
+
+impl PipelineContext {
+    pub fn new(
+        topic: String,
+        starting: StartingOffsets,
+        oracle: OffsetOracle,
+        stop: CancellationToken,
+        retry: Duration,
+    ) -> Self {
+        Self {
+            topic,
+            starting,
+            oracle,
+            stop,
+            retry,
+            assignment: Mutex::new(Assignment::default()),
+        }
+    }
+
+    /// The current assignment.
+    pub fn assignment(&self) -> Assignment {
+        self.assignment
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// The current generation, cheaply.
+    pub fn generation(&self) -> u64 {
+        self.assignment
+            .lock()
+            .map(|a| a.generation)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Stored offsets of `partitions`, retried with backoff while PostgreSQL is
+    /// unreachable (the consumer cannot start reading without them) unless stopping.
+    fn stored_offsets(&self, partitions: Vec<i32>) -> Option<HashMap<i32, i64>> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.oracle.load(partitions.clone(), self.retry) {
+                Ok(found) => return Some(found),
+                Err(e) => {
+                    if self.stop.is_cancelled() {
+                        return None;
+                    }
+                    warn!(
+                        message = "Cannot read stored offsets for assigned partitions, retrying.",
+                        error = %e,
+                        attempt,
+                        retry_in = ?delay
+                    );
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let stored = self.stored_offsets(partitions.clone());
+        let mut assigned = HashMap::new();
+        for mut elem in tpl.elements_for_topic(&self.topic) {
+            let p = elem.partition();
+            let offset = match stored.as_ref().map(|s| s.get(&p).copied()) {
+                Some(Some(next)) => Offset::Offset(next),
+                _ => match self.starting {
+                    StartingOffsets::Earliest => Offset::Beginning,
+                    StartingOffsets::Latest => Offset::End,
+                },
+            };
+            if let Err(e) = elem.set_offset(offset) {
+                warn!(message = "Cannot set the start offset.", partition = p, error = %e);
+            }
+            // Without an answer (only when stopping) nothing may be committed.
+            if let Some(s) = &stored {
+                assigned.insert(p, s.get(&p).copied());
+            }
+        }
+        info!(
+            message = "Partitions assigned.",
+            topic = %self.topic,
+            partitions = ?partitions,
+            stored = ?stored
+        );
+        if let Ok(mut a) = self.assignment.lock() {
+            a.generation += 1;
+            a.stored.extend(assigned);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => {}
+            Rebalance::Revoke(tpl) => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(message = "Partitions revoked.", partitions = ?revoked);
+                if let Ok(mut a) = self.assignment.lock() {
+                    a.generation += 1;
+                    for p in revoked {
+                        a.stored.remove(&p);
+                    }
+                }
+            }
+            Rebalance::Error(e) => {
+                warn!(message = "Rebalance failed.", error = %e);
+                if let Ok(mut a) = self.assignment.lock() {
+                    a.generation += 1;
+                }
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Kafka's offsets are only for lag tools; PostgreSQL holds the real ones.
+            debug!(message = "Advisory offset commit to Kafka failed.", error = %e);
+        }
+    }
+}
+
+/// Creates the group consumer, subscribed to the topic.
+pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer, crate::Error> {
+    let mut client = common::kafka::client_config(&config.brokers, &[])?;
+    client
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "auto.offset.reset",
+            match config.starting_offsets {
+                StartingOffsets::Earliest => "earliest",
+                StartingOffsets::Latest => "latest",
+            },
+        )
+        .set("isolation.level", "read_committed")
+        // Bounds what librdkafka buffers ahead of the pipeline (backpressure).
+        .set("queued.max.messages.kbytes", "65536")
+        .set("partition.assignment.strategy", "range,roundrobin");
+    for option in &config.kafka_options {
+        let (k, v) = common::kafka::parse_option(option)?;
+        if (k == "partition.assignment.strategy" && v.contains("cooperative"))
+            || (k == "group.protocol" && v != "classic")
+        {
+            return Err(crate::Error::Config(format!(
+                "-X {k}={v} is not supported: the offset protocol needs eager rebalancing \
+                 (every partition revoked and re-positioned from PostgreSQL)"
+            )));
+        }
+        client.set(k, v);
+    }
+    let consumer: KafkaConsumer = client
+        .create_with_context(context)
+        .map_err(|e| crate::Error::Config(format!("Kafka consumer: {e}")))?;
+    consumer
+        .subscribe(&[&config.topic])
+        .map_err(|e| crate::Error::Config(format!("cannot subscribe to {}: {e}", config.topic)))?;
+    Ok(consumer)
+}
+
+/// The high watermark librdkafka last saw in a fetch response for `partition`,
+/// without a request to the broker. Fetch responses carry correct watermarks on
+/// every broker, where ListOffsets answers may not (tansu's memory engine).
+pub fn cached_high_watermark(consumer: &KafkaConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime and the call
+    // only reads librdkafka's cached state into the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_client().ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}

@@ -1,0 +1,133 @@
+//! Crashes, signals and several consumers: the guarantee still holds.
+
+mod support;
+
+use std::time::Duration;
+
+use events::Generator;
+use support::{Scenario, signal, text};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_with_sigkill_mid_stream_is_still_exactly_once() {
+    let s = Scenario::new(3).await;
+    let events: Vec<_> = Generator::new(31).take(20_000).collect();
+    let mut bad: Vec<testkit::Record> = Vec::new();
+    for i in 0..20 {
+        bad.push((
+            Some(format!("bad{i}").into_bytes()),
+            Some(format!("{{broken {i}").into_bytes()),
+        ));
+    }
+    // Publish in the background while the consumer is killed and restarted.
+    let publisher = {
+        let topic = s.topic.clone();
+        let events = events.clone();
+        let bad = bad.clone();
+        tokio::spawn(async move {
+            let records: Vec<testkit::Record> = events
+                .iter()
+                .map(|e| (e.key().map(<[u8]>::to_vec), Some(e.to_json())))
+                .collect();
+            for (i, chunk) in records.chunks(2_000).enumerate() {
+                testkit::produce(&topic, chunk, None).await;
+                testkit::produce(&topic, &bad[i * 2..i * 2 + 2], None).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let args = ["--max-batch-records", "700", "--trigger-interval", "50ms"];
+    let mut kills = 0;
+    let mut last_batches = 0;
+    for round in 0..4 {
+        let mut child = s.spawn(&args, &format!("run{round}"));
+        // Wait for progress since the last kill, then kill at a moment in the stream.
+        let target = last_batches + 2;
+        let reached = testkit::eventually("batches to commit", Duration::from_secs(60), || async {
+            let n = s.count("SELECT count(*) FROM pipeline_batches").await;
+            (n >= target).then_some(n)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(37 * (round + 1))).await;
+        signal(&child, "KILL");
+        let _ = child.wait();
+        kills += 1;
+        last_batches = reached;
+    }
+    publisher.await.unwrap();
+    let out = s.run_available_now(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(kills, 4);
+    s.assert_exactly_once(&events, bad.len() as i64).await;
+    let records = s
+        .count("SELECT sum(records)::bigint FROM pipeline_batches")
+        .await;
+    assert_eq!(
+        records as usize,
+        events.len() + bad.len(),
+        "every message in exactly one committed batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_cleanly_and_a_restart_goes_on() {
+    let s = Scenario::new(2).await;
+    let events: Vec<_> = Generator::new(41).take(3_000).collect();
+    s.publish(&events[..1_500]).await;
+    let mut child = s.spawn(&["--max-batch-records", "300"], "term");
+    testkit::eventually("first batches", Duration::from_secs(60), || async {
+        (s.count("SELECT count(*) FROM pipeline_batches").await >= 1).then_some(())
+    })
+    .await;
+    signal(&child, "TERM");
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM; log:\n{}",
+        s.log("term")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(s.log("term").contains("Consumer stopped."));
+
+    s.publish(&events[1_500..]).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.assert_exactly_once(&events, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_in_one_group_split_the_partitions_exactly_once() {
+    let s = Scenario::new(4).await;
+    let events: Vec<_> = Generator::new(51).take(8_000).collect();
+    s.publish(&events[..2_000]).await;
+    let args = ["--max-batch-records", "400", "--trigger-interval", "100ms"];
+    let mut a = s.spawn(&args, "a");
+    let mut b = s.spawn(&args, "b");
+    s.publish(&events[2_000..]).await;
+    let expected_ids = support::latest_by_id(&events).len() as i64;
+    let total = events.len() as i64;
+    testkit::eventually("all offsets committed", Duration::from_secs(90), || async {
+        let stored: i64 = s.stored_offsets().await.values().sum();
+        (stored == total && s.count("SELECT count(*) FROM users").await == expected_ids)
+            .then_some(())
+    })
+    .await;
+    signal(&a, "TERM");
+    signal(&b, "TERM");
+    assert!(a.wait().unwrap().success(), "{}", s.log("a"));
+    assert!(b.wait().unwrap().success(), "{}", s.log("b"));
+    let (log_a, log_b) = (s.log("a"), s.log("b"));
+    assert!(
+        log_a.contains("Batch committed.") && log_b.contains("Batch committed."),
+        "both worked:\nA:\n{log_a}\nB:\n{log_b}"
+    );
+    s.assert_exactly_once(&events, 0).await;
+    let records = s
+        .count("SELECT sum(records)::bigint FROM pipeline_batches")
+        .await;
+    assert_eq!(records, total);
+}

@@ -1,0 +1,151 @@
+//! The `producer`: publishes user events to a Kafka topic, reliably and fast.
+//!
+//! # Layout
+//! - [`config`]: the command line (every flag has an env var).
+//! - [`source`]: where events come from: the synthetic generator, the Random User
+//!   API, or an NDJSON replay file. Sources run as a task feeding chunks of events
+//!   through a bounded channel, so a slow broker slows the source down.
+//! - [`publish`]: the idempotent Kafka producer and its delivery accounting.
+//!
+//! [`run`] ties them together and returns a [`Summary`]; `main` maps it to an exit code.
+
+pub mod config;
+pub mod publish;
+pub mod source;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+pub use config::Config;
+pub use publish::Summary;
+
+/// Everything that ends a producer run early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kafka(#[from] common::Error),
+    #[error("Kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error("invalid --source: {0}")]
+    BadSource(String),
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{path}:{line}: {reason} (stopping because of --stop-on-bad-line)")]
+    BadLine {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("Random User API at {url} unreachable after {attempts} attempts: {reason}")]
+    RandomUser {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// Publishes events until the count, the duration or the source runs out, or until
+/// `shutdown` resolves; then flushes what is in flight and reports.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
+    let source = config.source()?;
+    let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let probe = client.clone();
+    let (topic, timeout) = (config.topic.clone(), config.connect_timeout);
+    let partitions = tokio::task::spawn_blocking(move || {
+        common::kafka::check_reachable(&probe, &topic, timeout)
+    })
+    .await
+    .map_err(|e| Error::BadSource(e.to_string()))??;
+    if partitions.is_none() {
+        let created = common::kafka::ensure_topic(
+            &client,
+            &config.topic,
+            config.partitions,
+            config.replication_factor,
+            config.connect_timeout,
+        )
+        .await?;
+        if created {
+            info!(
+                message = "Created topic.",
+                topic = %config.topic,
+                partitions = config.partitions
+            );
+        }
+    }
+
+    let publisher = publish::Publisher::new(&client, &config)?;
+    let (tx, mut rx) = mpsc::channel::<Vec<events::UserEvent>>(64);
+    let feeder = tokio::spawn(source.feed(tx));
+
+    let limit = config.limit();
+    let started = Instant::now();
+    let deadline = limit.duration.map(|d| started + d);
+    let mut sent: u64 = 0;
+    let mut last_log = started;
+    tokio::pin!(shutdown);
+    'outer: loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = sleep_until(deadline) => break,
+            chunk = rx.recv() => chunk,
+        };
+        let Some(chunk) = next else { break };
+        for event in chunk {
+            if limit.count.is_some_and(|c| sent >= c) {
+                break 'outer;
+            }
+            if config.rate > 0.0 {
+                let due = started + Duration::from_secs_f64(sent as f64 / config.rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now())
+                    && wait > Duration::from_millis(1)
+                {
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break 'outer,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            publisher.send(&event).await?;
+            sent += 1;
+        }
+        if limit.count.is_some_and(|c| sent >= c) {
+            break;
+        }
+        if last_log.elapsed() >= config.progress_interval {
+            last_log = Instant::now();
+            info!(
+                message = "Publishing.",
+                sent,
+                delivered = publisher.delivered(),
+                failed = publisher.failed(),
+                events_per_s = format!("{:.0}", sent as f64 / started.elapsed().as_secs_f64())
+            );
+        }
+    }
+    drop(rx);
+    let bad_input = match feeder.await {
+        Ok(Ok(stats)) => stats.bad_lines,
+        Ok(Err(e)) => {
+            // The source failed: still flush what was handed to Kafka before reporting.
+            publisher.flush(config.flush_timeout).await;
+            return Err(e);
+        }
+        Err(join) => return Err(Error::BadSource(join.to_string())),
+    };
+    Ok(publisher
+        .finish(sent, bad_input, started.elapsed(), config.flush_timeout)
+        .await)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

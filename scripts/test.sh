@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against a real broker and a real PostgreSQL.
+# Starts the local stack (scripts/local-stack.sh) unless KAFKA_BROKERS and DATABASE_URL are
+# both given, and stops what it started, even when a test fails.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh -p consumer).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+if [ -z "${KAFKA_BROKERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
+  export LOCAL_STACK_DIR=${LOCAL_STACK_DIR:-$ROOT/.local-stack/test-$$}
+  trap 'scripts/local-stack.sh down' EXIT
+  eval "$(scripts/local-stack.sh up)"
+fi
+echo "test.sh: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
+
+# Integration tests run the real binaries: build them first so timing is about the test.
+cargo build --workspace --bins
+cargo test --workspace --all-targets "$@"
