@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A Kafka-protocol broker and PostgreSQL on loopback, without Docker.
 #
-#   scripts/local-stack.sh up [--durable]   start what is missing, print the env to use
+#   scripts/local-stack.sh up [--memory]    start what is missing, print the env to use
 #   scripts/local-stack.sh env              print the env of the running stack
 #   scripts/local-stack.sh down             stop what `up` started
 #
 # Kafka: tansu (a Kafka-compatible broker from crates.io), installed once with cargo into
-# $USERS_PIPELINE_CACHE (default ~/.cache/users-pipeline) and started on a free port, with the
-# in-memory engine, or with --durable the sqlite engine (survives broker restarts).
+# $USERS_PIPELINE_CACHE (default ~/.cache/users-pipeline) and started on a free port with its
+# sqlite engine (survives broker restarts). `up --memory` uses the in-memory engine instead:
+# faster, but tansu 0.6.0's memory engine returns nothing for a fetch that starts in the
+# middle of a record batch, so a consumer restarted at its stored offset stalls there.
 # KAFKA_BROKERS, when set, is used instead.
 # PostgreSQL: DATABASE_URL when set; else 127.0.0.1:5432 when it answers (starting the
 # system cluster if it is only stopped); else a throwaway cluster made with initdb in a temp dir.
@@ -52,19 +54,20 @@ tansu_bin() {
 }
 
 start_kafka() {
-  local durable=$1 port engine bin
+  local memory=$1 port engine bin
   bin=$(tansu_bin)
   port=$(free_port)
-  if [ "$durable" = 1 ]; then
+  if [ "$memory" = 1 ]; then
+    engine="memory://tansu/"
+  else
     mkdir -p "$STATE/tansu-data"
     engine="sqlite://$STATE/tansu-data/tansu.db"
-  else
-    engine="memory://tansu/"
   fi
   log "starting tansu on 127.0.0.1:$port ($engine)"
-  nohup "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+  # tansu reads sqlite:///abs/path relative to its working directory: run it from /.
+  (cd / && exec nohup "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$engine" >"$STATE/tansu.log" 2>&1 &
+    --storage-engine "$engine" >"$STATE/tansu.log" 2>&1) &
   echo $! >"$STATE/tansu.pid"
   echo "$port" >"$STATE/tansu.port"
   echo "$engine" >"$STATE/tansu.engine"
@@ -118,8 +121,8 @@ start_postgres() {
 }
 
 cmd_up() {
-  local durable=0
-  [ "${1:-}" = "--durable" ] && durable=1
+  local memory=0
+  [ "${1:-}" = "--memory" ] && memory=1
   if [ -f "$STATE/env" ]; then
     log "already up (scripts/local-stack.sh down to stop)"
     cmd_env
@@ -131,7 +134,7 @@ cmd_up() {
   if [ -n "${KAFKA_BROKERS:-}" ]; then
     echo "KAFKA_BROKERS=$KAFKA_BROKERS" >>"$STATE/env"
   else
-    start_kafka "$durable"
+    start_kafka "$memory"
   fi
   if [ -n "${DATABASE_URL:-}" ]; then
     echo "DATABASE_URL=$DATABASE_URL" >>"$STATE/env"
@@ -170,9 +173,9 @@ cmd_restart_kafka() {
   engine=$(cat "$STATE/tansu.engine")
   kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
   sleep "${1:-1}"
-  nohup "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$port" \
+  (cd / && exec nohup "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$engine" >>"$STATE/tansu.log" 2>&1 &
+    --storage-engine "$engine" >>"$STATE/tansu.log" 2>&1) &
   echo $! >"$STATE/tansu.pid"
   wait_port "$port" 30 || die "tansu did not restart"
 }
@@ -182,5 +185,5 @@ case "${1:-}" in
   env) cmd_env ;;
   down) cmd_down ;;
   restart-kafka) shift; cmd_restart_kafka "$@" ;;
-  *) echo "usage: $0 up [--durable] | env | down | restart-kafka [pause-seconds]" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--memory] | env | down | restart-kafka [pause-seconds]" >&2; exit 2 ;;
 esac

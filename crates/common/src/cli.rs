@@ -54,3 +54,42 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!(message = "Received SIGTERM, shutting down."),
     }
 }
+
+/// An error and its causes on one line, for `main`: causes already quoted by their
+/// parent are skipped (DataFusion and thiserror both repeat them), line breaks folded.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner\nsecond line")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("context")]
+    struct Context(#[source] Inner);
+
+    #[test]
+    fn causes_are_not_repeated_and_lines_are_folded() {
+        assert_eq!(one_line(&Outer(Inner)), "outer: inner second line");
+        assert_eq!(one_line(&Context(Inner)), "context: inner second line");
+    }
+}

@@ -381,8 +381,15 @@ mod tests {
         // (serde_json skips ignored values without recursion).
         let deep = format!("{{\"id\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         assert!(matches!(reject(Some(deep.as_bytes())), Reject::Invalid(_)));
-        let deep = format!("{{\"id\":\"d\",\"x\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
-        assert_eq!(parse(Some(deep.as_bytes())).unwrap()[0].as_deref(), Some("d"));
+        let deep = format!(
+            "{{\"id\":\"d\",\"x\":{}1{}}}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(
+            parse(Some(deep.as_bytes())).unwrap()[0].as_deref(),
+            Some("d")
+        );
     }
 
     #[test]

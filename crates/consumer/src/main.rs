@@ -9,7 +9,7 @@ async fn main() -> ExitCode {
     match consumer::run(config, common::cli::shutdown_signal()).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("consumer: error: {:#}", anyhow::Error::from(e));
+            eprintln!("consumer: error: {}", common::cli::one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -244,10 +244,17 @@ impl LoopState<'_> {
                 return Ok(());
             }
             let deadline = batch.started + self.config.trigger_interval;
+            // `--available-now` re-checks the watermarks while nothing arrives.
+            let wake = match (records > 0, self.config.available_now) {
+                (true, true) => deadline.min(Instant::now() + Duration::from_millis(100)),
+                (true, false) => deadline,
+                (false, _) => Instant::now() + Duration::from_millis(100),
+            };
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep_until(deadline.into()), if records > 0 => {}
+                () = tokio::time::sleep_until(wake.into()),
+                    if records > 0 || self.config.available_now => {}
                 m = self.consumer.recv() => self.take(&mut batch, m)?,
             }
         }
@@ -292,6 +299,10 @@ impl LoopState<'_> {
                 if floor.is_some_and(|f| m.offset() < f) {
                     return Ok(()); // already committed: a replay after a rebalance
                 }
+                if batch.builder.records() == 0 {
+                    // The trigger interval counts from the batch's first record.
+                    batch.started = Instant::now();
+                }
                 batch.builder.push(
                     &Origin {
                         topic: m.topic(),
@@ -308,11 +319,6 @@ impl LoopState<'_> {
                     .and_modify(|r| r.1 = m.offset())
                     .or_insert((m.offset(), m.offset()));
                 self.consumed.insert(p, m.offset() + 1);
-                if self.config.available_now && !self.targets.contains_key(&p) {
-                    if let Some(high) = source::cached_high_watermark(self.consumer, m.topic(), p) {
-                        self.targets.insert(p, high);
-                    }
-                }
                 Ok(())
             }
             Err(KafkaError::PartitionEOF(p)) => {
@@ -330,16 +336,31 @@ impl LoopState<'_> {
         }
     }
 
-    /// `--available-now`: every owned partition has been read up to what it held.
-    fn all_done(&self) -> bool {
-        self.generation > 0
-            && self.assigned.keys().all(|p| {
-                self.eof.contains(p)
-                    || self
-                        .targets
-                        .get(p)
-                        .is_some_and(|t| self.consumed.get(p).is_some_and(|c| c >= t))
-            })
+    /// `--available-now`: every owned partition has been read up to the high
+    /// watermark first seen for it. Watermarks come from fetch responses (cached by
+    /// librdkafka), which every broker answers correctly, unlike ListOffsets.
+    fn all_done(&mut self) -> bool {
+        if self.generation == 0 {
+            return false;
+        }
+        let partitions: Vec<i32> = self.assigned.keys().copied().collect();
+        partitions.into_iter().all(|p| {
+            let Some((low, high)) = source::cached_watermarks(self.consumer, &self.config.topic, p)
+            else {
+                return false;
+            };
+            let target = *self.targets.entry(p).or_insert(high);
+            let position = self
+                .consumed
+                .get(&p)
+                .copied()
+                .or_else(|| self.committed.get(&p).copied().flatten());
+            match position {
+                Some(position) => position >= target,
+                // Nothing stored and nothing read: done only if the partition is empty.
+                None => self.eof.contains(&p) || low >= target,
+            }
+        })
     }
 
     /// Transforms and commits one batch. Returns the next batch, collected meanwhile.
@@ -410,7 +431,10 @@ impl LoopState<'_> {
             }
         };
         if let Some(tpl) = paused {
-            let _ = self.consumer.resume(&tpl);
+            // librdkafka resumes at the next message not yet handed to us.
+            self.consumer
+                .resume(&tpl)
+                .map_err(|e| Error::KafkaRuntime(format!("cannot resume partitions: {e}")))?;
         }
         let outcome = match outcome {
             Some(Outcome::Conflict) if sinks.pg.is_committed(id).await.unwrap_or(false) => {

@@ -180,7 +180,17 @@ impl PipelineContext {
     }
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // End of partition is news, not an error (`enable.partition.eof`).
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                debug!(message = "Reached the end of a partition.", detail = %reason);
+            }
+            _ => warn!(message = "Kafka client error.", error = %error, detail = %reason),
+        }
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -293,10 +303,14 @@ pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer
     Ok(consumer)
 }
 
-/// The high watermark librdkafka last saw in a fetch response for `partition`,
-/// without a request to the broker. Fetch responses carry correct watermarks on
-/// every broker, where ListOffsets answers may not (tansu's memory engine).
-pub fn cached_high_watermark(consumer: &KafkaConsumer, topic: &str, partition: i32) -> Option<i64> {
+/// The low and high watermarks librdkafka last saw in a fetch response for
+/// `partition`, without a request to the broker. Fetch responses carry correct
+/// watermarks on every broker, where ListOffsets answers may not (tansu's memory engine).
+pub fn cached_watermarks(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
     let topic = CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the consumer's lifetime and the call
@@ -311,5 +325,5 @@ pub fn cached_high_watermark(consumer: &KafkaConsumer, topic: &str, partition: i
         )
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-        .then_some(high)
+        .then_some((low.max(0), high))
 }

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("producer: error: {:#}", anyhow::Error::from(e));
+            eprintln!("producer: error: {}", common::cli::one_line(&e));
             ExitCode::FAILURE
         }
     }

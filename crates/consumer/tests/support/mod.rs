@@ -39,25 +39,23 @@ impl Scenario {
 
     /// The consumer binary with this scenario's services and names.
     pub fn command(&self, extra: &[&str]) -> Command {
+        let brokers = testkit::brokers();
+        let defaults = [
+            ("--brokers", brokers.as_str()),
+            ("--topic", &self.topic),
+            ("--group", &self.group),
+            ("--database-url", &self.db_url),
+            ("--output-dir", self.out_dir().to_str().unwrap()),
+            ("--trigger-interval", "200ms"),
+            ("--connect-timeout", "5s"),
+        ];
         let mut c = Command::new(env!("CARGO_BIN_EXE_consumer"));
-        c.args([
-            "--brokers",
-            &testkit::brokers(),
-            "--topic",
-            &self.topic,
-            "--group",
-            &self.group,
-            "--database-url",
-            &self.db_url,
-            "--output-dir",
-            self.out_dir().to_str().unwrap(),
-            "--trigger-interval",
-            "200ms",
-            "--connect-timeout",
-            "5s",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "info,consumer=info");
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                c.args([flag, value]);
+            }
+        }
+        c.args(extra).env("RUST_LOG", "info,tokio_postgres=warn");
         c
     }
 
@@ -104,6 +102,11 @@ impl Scenario {
 
     pub async fn count(&self, sql: &str) -> i64 {
         self.db.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Like `count`, but `None` while the consumer has not created the tables yet.
+    pub async fn try_count(&self, sql: &str) -> Option<i64> {
+        self.db.query_one(sql, &[]).await.ok().map(|r| r.get(0))
     }
 
     /// Stored next offsets per partition.
