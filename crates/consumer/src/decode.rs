@@ -332,7 +332,7 @@ mod tests {
     }
 
     fn reject(payload: Option<&[u8]>) -> Reject {
-        parse(payload).err().expect("should be rejected")
+        parse(payload).expect_err("should be rejected")
     }
 
     #[test]

@@ -41,12 +41,12 @@ pub struct Assignment {
     pub stored: HashMap<i32, Option<i64>>,
 }
 
+/// A lookup request: partitions, and where to send their stored offsets.
+type Lookup = (Vec<i32>, SyncSender<Result<HashMap<i32, i64>, String>>);
+
 /// Looks up stored offsets on behalf of the rebalance callback.
 pub struct OffsetOracle {
-    tx: tokio::sync::mpsc::UnboundedSender<(
-        Vec<i32>,
-        SyncSender<Result<HashMap<i32, i64>, String>>,
-    )>,
+    tx: tokio::sync::mpsc::UnboundedSender<Lookup>,
 }
 
 impl OffsetOracle {
@@ -57,10 +57,7 @@ impl OffsetOracle {
         topic: String,
         timeout: Duration,
     ) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            Vec<i32>,
-            SyncSender<Result<HashMap<i32, i64>, String>>,
-        )>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Lookup>();
         let spawned = std::thread::Builder::new()
             .name("offset-oracle".into())
             .spawn(move || {

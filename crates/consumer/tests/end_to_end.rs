@@ -5,8 +5,11 @@ mod support;
 use events::Generator;
 use support::{Scenario, text};
 
+/// Key, payload, and what the dead letter's reason must mention.
+type Malformed = (Option<Vec<u8>>, Option<Vec<u8>>, &'static str);
+
 /// Malformed payloads of every kind, with what each must become.
-fn malformed() -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &'static str)> {
+fn malformed() -> Vec<Malformed> {
     let deep = format!("{{\"id\":{}1{}}}", "[".repeat(300), "]".repeat(300));
     vec![
         (

@@ -38,8 +38,14 @@ async fn killed_with_sigkill_mid_stream_is_still_exactly_once() {
     // A member killed with -9 stays in the group until its session times out; keep
     // that short so restarts rejoin quickly.
     let args = [
-        "--max-batch-records", "700", "--trigger-interval", "50ms",
-        "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+        "--max-batch-records",
+        "700",
+        "--trigger-interval",
+        "50ms",
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=500",
     ];
     let mut kills = 0;
     let mut last_batches = 0;

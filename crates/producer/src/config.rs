@@ -179,11 +179,11 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["--source", "file", "/tmp/x.ndjson"]).source(),
-            Ok(Source::File { path, .. }) if path == PathBuf::from("/tmp/x.ndjson")
+            Ok(Source::File { path, .. }) if path.to_str() == Some("/tmp/x.ndjson")
         ));
         assert!(matches!(
             parse(&["--source", "file:/tmp/y"]).source(),
-            Ok(Source::File { path, .. }) if path == PathBuf::from("/tmp/y")
+            Ok(Source::File { path, .. }) if path.to_str() == Some("/tmp/y")
         ));
         assert!(parse(&["--source", "file"]).source().is_err());
         let err = parse(&["--source", "kafka"])
