@@ -16,4 +16,4 @@ echo "test.sh: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
 
 # Integration tests run the real binaries: build them first so timing is about the test.
 cargo build --workspace --bins
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets --no-fail-fast "$@"
