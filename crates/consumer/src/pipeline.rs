@@ -43,19 +43,21 @@ pub struct RunSummary {
 
 /// Runs the consumer until `shutdown` resolves (or, with `--available-now`, until
 /// everything present at start-up is committed).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunSummary, Error> {
     let stop = CancellationToken::new();
+    // Its own task: the rebalance callback may block the loop's thread (waiting for
+    // PostgreSQL), and a signal must still be noticed then.
     let trigger = stop.clone();
-    let watcher = async move {
+    let watcher = tokio::spawn(async move {
         shutdown.await;
         trigger.cancel();
-    };
-    tokio::select! {
-        biased;
-        r = run_until(config, stop.clone()) => r,
-        // `watcher` never finishes first: it only cancels the token.
-        () = async { watcher.await; std::future::pending::<()>().await } => unreachable!(),
-    }
+    });
+    let result = run_until(config, stop).await;
+    watcher.abort();
+    result
 }
 
 async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
@@ -103,20 +105,43 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         group: config.group.clone(),
         topic: config.topic.clone(),
     };
-    let mut pg = PgSink::connect(&config.database_url, config.connect_timeout, target).await?;
+    let mut pg = PgSink::connect(
+        &config.database_url,
+        config.connect_timeout,
+        target,
+        instance,
+    )
+    .await?;
 
     // Resolve what dead processes left staged: promote committed batches' files.
-    let orphans = csv.orphans()?;
-    if !orphans.files.is_empty() {
-        let ids: Vec<Uuid> = orphans.files.iter().map(|(id, _)| *id).collect();
-        let committed = pg.committed(&ids).await?;
-        let (promoted, deleted) = csv.resolve(orphans, &committed)?;
+    let mut orphans = csv.orphans()?;
+    let mut locked = Vec::new();
+    for dead in orphans.instances() {
+        if pg.try_lock_instance(dead).await? {
+            locked.push(dead);
+        } else {
+            warn!(
+                message = "A previous consumer's database session is still open; its staged files are left for a later start.",
+                instance = %dead
+            );
+            orphans.skip_instance(dead);
+        }
+    }
+    let ids: Vec<Uuid> = orphans.files.iter().map(|(id, _)| *id).collect();
+    let committed = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        pg.committed(&ids).await?
+    };
+    let (promoted, deleted) = csv.resolve(orphans, &committed)?;
+    if promoted + deleted > 0 {
         info!(
             message = "Resolved staged part files of a previous run.",
             promoted, deleted
         );
-    } else {
-        csv.resolve(orphans, &HashSet::new())?;
+    }
+    for dead in locked {
+        pg.unlock_instance(dead).await?;
     }
 
     let oracle = OffsetOracle::start(
@@ -295,7 +320,7 @@ impl LoopState<'_> {
                     .ranges
                     .get(&p)
                     .map(|r| r.1 + 1)
-                    .or_else(|| self.committed.get(&p).copied().flatten());
+                    .max(self.committed.get(&p).copied().flatten());
                 if floor.is_some_and(|f| m.offset() < f) {
                     return Ok(()); // already committed: a replay after a rebalance
                 }
@@ -319,6 +344,7 @@ impl LoopState<'_> {
                     .and_modify(|r| r.1 = m.offset())
                     .or_insert((m.offset(), m.offset()));
                 self.consumed.insert(p, m.offset() + 1);
+                self.eof.remove(&p);
                 Ok(())
             }
             Err(KafkaError::PartitionEOF(p)) => {
@@ -340,7 +366,7 @@ impl LoopState<'_> {
     /// watermark first seen for it. Watermarks come from fetch responses (cached by
     /// librdkafka), which every broker answers correctly, unlike ListOffsets.
     fn all_done(&mut self) -> bool {
-        if self.generation == 0 {
+        if self.generation == 0 || !self.consumer.context().assignment().settled {
             return false;
         }
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
@@ -355,11 +381,13 @@ impl LoopState<'_> {
                 .get(&p)
                 .copied()
                 .or_else(|| self.committed.get(&p).copied().flatten());
-            match position {
-                Some(position) => position >= target,
-                // Nothing stored and nothing read: done only if the partition is empty.
-                None => self.eof.contains(&p) || low >= target,
-            }
+            // EOF also covers trailing transaction markers, which are never delivered.
+            self.eof.contains(&p)
+                || match position {
+                    Some(position) => position >= target,
+                    // Nothing stored and nothing read: done only if the partition is empty.
+                    None => low >= target,
+                }
         })
     }
 
@@ -413,6 +441,7 @@ impl LoopState<'_> {
 
         // Keep polling (and collecting the next batch) while the batch is written.
         let mut next = Collecting::new();
+        let generation = self.generation;
         let mut paused: Option<TopicPartitionList> = None;
         let outcome = {
             let attempt = write_with_retries(sinks.pg, &write, stop, self.config.max_retry_backoff);
@@ -437,14 +466,16 @@ impl LoopState<'_> {
                 .map_err(|e| Error::KafkaRuntime(format!("cannot resume partitions: {e}")))?;
         }
         let outcome = match outcome {
-            Some(Outcome::Conflict) if sinks.pg.is_committed(id).await.unwrap_or(false) => {
+            Some(Outcome::Conflict) => match committed_with_retries(sinks.pg, id, stop).await {
                 // The commit went through but its answer was lost.
-                Outcome::Committed {
+                Some(true) => Outcome::Committed {
                     rows_written: 0,
                     rejected_rows: 0,
                     dead_letters: dead.len() as u64,
-                }
-            }
+                },
+                Some(false) => Outcome::Conflict,
+                None => return Ok(next), // stopping: the staged file is resolved at the next start
+            },
             Some(o) => o,
             None => return Ok(next), // stopping; a staged file is resolved at the next start
         };
@@ -462,6 +493,13 @@ impl LoopState<'_> {
                     if self.assigned.contains_key(&a.partition) {
                         self.committed.insert(a.partition, Some(a.next));
                     }
+                }
+                if self.generation != generation {
+                    // Partitions were re-assigned while we wrote, positioned at offsets
+                    // read before this commit landed: what `next` holds may overlap the
+                    // batch just committed. Drop it; the replay that follows is skipped
+                    // below the committed offsets.
+                    next = Collecting::new();
                 }
                 self.commit_to_kafka(&advances);
                 let elapsed = started.elapsed();
@@ -494,7 +532,7 @@ impl LoopState<'_> {
                     batch = %id,
                     partitions = %describe_ranges(&advances)
                 );
-                self.rewind(sinks.pg).await?;
+                self.rewind(sinks.pg, stop).await;
                 Ok(Collecting::new())
             }
         }
@@ -506,21 +544,45 @@ impl LoopState<'_> {
         Some(tpl)
     }
 
-    /// Re-reads the stored offsets of the owned partitions and seeks to them.
-    async fn rewind(&mut self, pg: &mut PgSink) -> Result<(), Error> {
+    /// Re-reads the stored offsets of the owned partitions and seeks to them. After
+    /// a rebalance there is nothing to do: the new assignment starts at stored offsets.
+    async fn rewind(&mut self, pg: &mut PgSink, stop: &CancellationToken) {
+        if self.sync_generation() {
+            return;
+        }
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
-        let stored = pg.load_offsets(&partitions).await?;
+        let mut delay = Duration::from_millis(200);
+        let stored = loop {
+            match pg.load_offsets(&partitions).await {
+                Ok(stored) => break stored,
+                Err(e) => {
+                    warn!(message = "Cannot read stored offsets, retrying.", error = %e, retry_in = ?delay);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(self.config.max_retry_backoff);
+                }
+            }
+        };
         for p in partitions {
-            let offset = stored
-                .get(&p)
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            self.consumer
-                .seek(&self.config.topic, p, offset, Duration::from_secs(10))
-                .map_err(|e| Error::KafkaRuntime(format!("cannot seek partition {p}: {e}")))?;
+            let offset = match stored.get(&p) {
+                Some(o) => Offset::Offset(*o),
+                None => match self.config.starting_offsets {
+                    crate::config::StartingOffsets::Earliest => Offset::Beginning,
+                    crate::config::StartingOffsets::Latest => Offset::End,
+                },
+            };
+            if let Err(e) =
+                self.consumer
+                    .seek(&self.config.topic, p, offset, Duration::from_secs(10))
+            {
+                // Most likely revoked meanwhile: the next assignment positions it.
+                warn!(message = "Cannot seek partition.", partition = p, error = %e);
+            }
             self.committed.insert(p, stored.get(&p).copied());
         }
         self.consumed.clear();
-        Ok(())
     }
 
     /// Advisory: lets standard lag tools see the progress. PostgreSQL has the truth.
@@ -565,6 +627,29 @@ async fn write_with_retries(
                 }
                 delay = (delay * 2).min(max_backoff);
                 attempt += 1;
+            }
+        }
+    }
+}
+
+/// Asks whether a batch committed, until PostgreSQL answers (`None` when stopping):
+/// guessing "no" could delete the part file of a committed batch.
+async fn committed_with_retries(
+    pg: &mut PgSink,
+    id: Uuid,
+    stop: &CancellationToken,
+) -> Option<bool> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match pg.is_committed(id).await {
+            Ok(found) => return Some(found),
+            Err(e) => {
+                warn!(message = "Cannot check whether the batch committed, retrying.", error = %e, retry_in = ?delay);
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -39,6 +39,8 @@ pub struct Assignment {
     /// Assigned partitions and the offset PostgreSQL held for each when it was
     /// assigned (`None`: nothing stored yet).
     pub stored: HashMap<i32, Option<i64>>,
+    /// True after an assignment, false after a revocation (a rebalance in progress).
+    pub settled: bool,
 }
 
 /// A lookup request: partitions, and where to send their stored offsets.
@@ -227,6 +229,7 @@ impl ConsumerContext for PipelineContext {
         if let Ok(mut a) = self.assignment.lock() {
             a.generation += 1;
             a.stored.extend(assigned);
+            a.settled = true;
         }
     }
 
@@ -238,6 +241,7 @@ impl ConsumerContext for PipelineContext {
                 info!(message = "Partitions revoked.", partitions = ?revoked);
                 if let Ok(mut a) = self.assignment.lock() {
                     a.generation += 1;
+                    a.settled = false;
                     for p in revoked {
                         a.stored.remove(&p);
                     }

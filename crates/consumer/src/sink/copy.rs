@@ -68,18 +68,12 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
             .map(|(a, c)| cast(a, &c.pg.canonical()))
             .collect::<Result<_, _>>()?;
         'rows: for row in 0..batch.num_rows() {
-            // PostgreSQL text cannot hold NUL: such a row is rejected, not the batch.
+            // A value PostgreSQL cannot store rejects its row, not the whole COPY.
             for (array, column) in cast_columns.iter().zip(columns) {
-                if column.pg == PgType::Text
-                    && array.is_valid(row)
-                    && array.as_string::<i32>().value(row).as_bytes().contains(&0)
-                {
+                if let Some(why) = unstorable(array, column.pg, row) {
                     rejected.push(Rejected {
                         row_json: row_json(batch, row),
-                        reason: format!(
-                            "column {:?} contains a NUL character, which PostgreSQL text cannot store",
-                            column.name
-                        ),
+                        reason: format!("column {:?} {why}", column.name),
                     });
                     continue 'rows;
                 }
@@ -99,6 +93,33 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
         rows: ord,
         rejected,
     })
+}
+
+/// Earliest timestamp PostgreSQL accepts (4714-11-24 BC), in Unix microseconds.
+pub const PG_MIN_TIMESTAMP_MICROS: i64 = -210_866_803_200_000_000;
+/// Earliest date PostgreSQL accepts, in days since the Unix epoch.
+const PG_MIN_DATE_DAYS: i32 = -2_440_588;
+
+/// Why PostgreSQL could not store this value, if it could not.
+fn unstorable(array: &ArrayRef, pg: PgType, row: usize) -> Option<&'static str> {
+    if array.is_null(row) {
+        return None;
+    }
+    match pg {
+        PgType::Text if array.as_string::<i32>().value(row).as_bytes().contains(&0) => {
+            Some("contains a NUL character, which PostgreSQL text cannot store")
+        }
+        PgType::Timestamptz | PgType::Timestamp
+            if array.as_primitive::<TimestampMicrosecondType>().value(row)
+                < PG_MIN_TIMESTAMP_MICROS =>
+        {
+            Some("is a timestamp before PostgreSQL's earliest (4714 BC)")
+        }
+        PgType::Date if array.as_primitive::<Date32Type>().value(row) < PG_MIN_DATE_DAYS => {
+            Some("is a date before PostgreSQL's earliest (4714 BC)")
+        }
+        _ => None,
+    }
 }
 
 fn put_value(buf: &mut BytesMut, array: &ArrayRef, pg: PgType, row: usize) {
@@ -139,7 +160,7 @@ fn put_value(buf: &mut BytesMut, array: &ArrayRef, pg: PgType, row: usize) {
         PgType::Timestamptz | PgType::Timestamp => {
             buf.put_i32(8);
             let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
-            buf.put_i64(micros.saturating_sub(PG_EPOCH_MICROS));
+            buf.put_i64(micros - PG_EPOCH_MICROS); // in range: checked by `unstorable`
         }
         PgType::Date => {
             buf.put_i32(4);

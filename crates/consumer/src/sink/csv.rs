@@ -59,6 +59,28 @@ pub struct Orphans {
     pub files: Vec<(Uuid, PathBuf)>,
 }
 
+impl Orphans {
+    /// The instance ids of the dead processes.
+    pub fn instances(&self) -> Vec<Uuid> {
+        self.dirs
+            .iter()
+            .filter_map(|(d, _)| {
+                d.file_name()?
+                    .to_str()
+                    .and_then(|n| Uuid::parse_str(n).ok())
+            })
+            .collect()
+    }
+
+    /// Leaves one dead process's files alone (for a later start).
+    pub fn skip_instance(&mut self, instance: Uuid) {
+        let name = instance.to_string();
+        let is_it = |d: &Path| d.file_name().is_some_and(|n| n == name.as_str());
+        self.files.retain(|(_, f)| !f.parent().is_some_and(is_it));
+        self.dirs.retain(|(d, _)| !is_it(d));
+    }
+}
+
 /// The output directory and this process's staging area.
 pub struct CsvSink {
     dir: PathBuf,
@@ -71,14 +93,19 @@ impl CsvSink {
     /// the output directory cannot be written.
     pub fn open(dir: &Path, instance: Uuid) -> Result<Self, CsvError> {
         fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create output dir: {e}")))?;
-        let staging = dir.join(STAGING).join(instance.to_string());
-        fs::create_dir_all(&staging)
-            .map_err(|e| err(&staging, format!("output dir is not writable: {e}")))?;
-        let lock_path = staging.join(LOCK);
+        // Created and locked under a hidden name, then renamed: a neighbour resolving
+        // orphans never sees this directory unlocked.
+        let root = dir.join(STAGING);
+        let fresh = root.join(format!(".new-{instance}"));
+        let staging = root.join(instance.to_string());
+        fs::create_dir_all(&fresh)
+            .map_err(|e| err(&fresh, format!("output dir is not writable: {e}")))?;
+        let lock_path = fresh.join(LOCK);
         let lock = File::create(&lock_path)
             .map_err(|e| err(&lock_path, format!("output dir is not writable: {e}")))?;
         lock.try_lock()
             .map_err(|e| err(&lock_path, format!("cannot lock staging dir: {e}")))?;
+        fs::rename(&fresh, &staging).map_err(|e| err(&staging, e))?;
         // The rename that commits a file must stay within one file system.
         let probe = dir.join(format!(".probe-{instance}"));
         File::create(&probe)
@@ -150,7 +177,8 @@ impl CsvSink {
         let entries = fs::read_dir(&root).map_err(|e| err(&root, e))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if path == self.staging || !path.is_dir() {
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if path == self.staging || hidden || !path.is_dir() {
                 continue;
             }
             let Ok(lock) = File::options()
@@ -193,8 +221,9 @@ impl CsvSink {
             }
         }
         for (dir, lock) in orphans.dirs {
-            drop(lock);
+            // Removed while still locked, so no other process can adopt it meanwhile.
             let _ = fs::remove_dir_all(&dir);
+            drop(lock);
         }
         Ok((promoted, deleted))
     }

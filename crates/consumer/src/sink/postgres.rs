@@ -101,6 +101,7 @@ pub struct Target {
 
 /// A connection and the statements of a batch.
 pub struct PgSink {
+    instance: Uuid,
     config: tokio_postgres::Config,
     client: Option<Client>,
     target: Target,
@@ -112,7 +113,12 @@ pub struct PgSink {
 impl PgSink {
     /// Connects (creating the database if it is missing and the server allows it),
     /// then creates or checks the tables. Any failure here is final.
-    pub async fn connect(url: &str, timeout: Duration, target: Target) -> Result<Self, PgError> {
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+        target: Target,
+        instance: Uuid,
+    ) -> Result<Self, PgError> {
         let config = parse_url(url, timeout)?;
         let display = describe(&config);
         let client = match connect(&config, timeout).await {
@@ -134,7 +140,9 @@ impl PgSink {
             }
         };
         let upsert = upsert_sql(&target);
+        lock_instance(&client, instance).await?;
         let mut sink = Self {
+            instance,
             config,
             client: Some(client),
             target,
@@ -162,6 +170,7 @@ impl PgSink {
                     reason: e.reason(),
                 })?;
             stage_table(&client, &self.target).await?;
+            lock_instance(&client, self.instance).await?;
             info!(message = "Reconnected to PostgreSQL.", target = %self.display);
             self.client = Some(client);
         }
@@ -292,6 +301,31 @@ impl PgSink {
         offsets::load(client, &group, &topic, partitions)
             .await
             .map_err(|e| PgError::db(&e))
+    }
+
+    /// Takes a dead instance's session lock. While its old database session still
+    /// exists (a COMMIT it sent may still become visible), this fails: then its staged
+    /// files must not be judged yet.
+    pub async fn try_lock_instance(&mut self, instance: Uuid) -> Result<bool, PgError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&instance_key(instance)],
+            )
+            .await
+            .map_err(|e| PgError::db(&e))?;
+        Ok(row.get(0))
+    }
+
+    /// Releases a lock taken with [`PgSink::try_lock_instance`].
+    pub async fn unlock_instance(&mut self, instance: Uuid) -> Result<(), PgError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&instance_key(instance)])
+            .await
+            .map_err(|e| PgError::db(&e))?;
+        Ok(())
     }
 
     /// Which of the given batches committed.
@@ -469,7 +503,10 @@ async fn insert_dead_letters(
     let timestamps: Vec<Option<chrono::DateTime<chrono::Utc>>> = dead
         .iter()
         .map(|d| {
+            // Kafka timestamps are arbitrary integers: keep what PostgreSQL can store
+            // (chrono itself refuses years past PostgreSQL's upper bound).
             d.timestamp
+                .filter(|ms| *ms >= super::copy::PG_MIN_TIMESTAMP_MICROS / 1000)
                 .and_then(chrono::DateTime::from_timestamp_millis)
         })
         .collect();
@@ -557,6 +594,21 @@ async fn stage_table(client: &Client, t: &Target) -> Result<(), PgError> {
         ))
         .await
         .map_err(|e| PgError::db(&e))
+}
+
+/// The advisory-lock key of a consumer instance.
+fn instance_key(instance: Uuid) -> i64 {
+    let b = instance.as_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Holds this instance's session lock for as long as its connection lives.
+async fn lock_instance(client: &Client, instance: Uuid) -> Result<(), PgError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&instance_key(instance)])
+        .await
+        .map_err(|e| PgError::db(&e))?;
+    Ok(())
 }
 
 /// Why a connection attempt failed.
