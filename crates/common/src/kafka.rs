@@ -36,7 +36,19 @@ pub fn client_config(brokers: &str, options: &[String]) -> Result<ClientConfig, 
 
 /// Fails with [`Error::Unreachable`] unless the cluster answers a metadata request
 /// within `timeout`. Returns the number of partitions of `topic`, if it exists.
-pub fn check_reachable(
+pub async fn check_reachable(
+    config: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, Error> {
+    let (config, topic) = (config.clone(), topic.to_string());
+    // The metadata request blocks: keep it off the async workers.
+    tokio::task::spawn_blocking(move || check_reachable_blocking(&config, &topic, timeout))
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?
+}
+
+fn check_reachable_blocking(
     config: &ClientConfig,
     topic: &str,
     timeout: Duration,

@@ -84,12 +84,8 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     let csv = CsvSink::open(&config.output_dir, instance)?;
 
     let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let (topic, timeout) = (config.topic.clone(), config.connect_timeout);
-    let partitions = tokio::task::spawn_blocking(move || {
-        common::kafka::check_reachable(&probe, &topic, timeout)
-    })
-    .await
-    .map_err(|e| Error::Config(e.to_string()))??;
+    let partitions =
+        common::kafka::check_reachable(&probe, &config.topic, config.connect_timeout).await?;
     if partitions.is_none() {
         return Err(Error::Config(format!(
             "topic {:?} does not exist on {} (the producer creates it; or create it with --partitions)",
@@ -551,19 +547,13 @@ impl LoopState<'_> {
             return;
         }
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
-        let mut delay = Duration::from_millis(200);
-        let stored = loop {
-            match pg.load_offsets(&partitions).await {
-                Ok(stored) => break stored,
-                Err(e) => {
-                    warn!(message = "Cannot read stored offsets, retrying.", error = %e, retry_in = ?delay);
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(self.config.max_retry_backoff);
-                }
-            }
+        let max = self.config.max_retry_backoff;
+        let Some(stored) = retry("reading stored offsets", stop, max, async || {
+            pg.load_offsets(&partitions).await
+        })
+        .await
+        else {
+            return;
         };
         for p in partitions {
             let offset = match stored.get(&p) {
@@ -632,51 +622,62 @@ async fn write_with_retries(
     }
 }
 
-/// Asks whether a batch committed, until PostgreSQL answers (`None` when stopping):
-/// guessing "no" could delete the part file of a committed batch.
-async fn committed_with_retries(
-    pg: &mut PgSink,
-    id: Uuid,
+/// Runs `op` until it succeeds, with exponential backoff (200 ms doubling up to
+/// `max`) and a log line per failure. `None` when the consumer stops first.
+async fn retry<T, E: std::fmt::Display>(
+    what: &str,
     stop: &CancellationToken,
-) -> Option<bool> {
+    max: Duration,
+    mut op: impl AsyncFnMut() -> Result<T, E>,
+) -> Option<T> {
     let mut delay = Duration::from_millis(200);
+    let mut attempt = 1u32;
     loop {
-        match pg.is_committed(id).await {
-            Ok(found) => return Some(found),
+        match op().await {
+            Ok(v) => return Some(v),
             Err(e) => {
-                warn!(message = "Cannot check whether the batch committed, retrying.", error = %e, retry_in = ?delay);
+                warn!(message = "Retrying.", what, error = %e, attempt, retry_in = ?delay);
                 tokio::select! {
                     () = stop.cancelled() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(max);
+                attempt += 1;
             }
         }
     }
 }
 
-/// Stages the part file, retrying while the disk refuses (`None` when stopping).
+/// Asks whether a batch committed, until PostgreSQL answers: guessing "no" could
+/// delete the part file of a committed batch.
+async fn committed_with_retries(
+    pg: &mut PgSink,
+    id: Uuid,
+    stop: &CancellationToken,
+) -> Option<bool> {
+    retry(
+        "checking whether the batch committed",
+        stop,
+        Duration::from_secs(10),
+        async || pg.is_committed(id).await,
+    )
+    .await
+}
+
+/// Stages the part file, retrying while the disk refuses.
 async fn stage_with_retries(
     csv: &CsvSink,
     id: Uuid,
     output: &[RecordBatch],
     stop: &CancellationToken,
 ) -> Option<Option<Staged>> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match csv.stage(id, output) {
-            Ok(staged) => return Some(staged),
-            Err(e) => {
-                warn!(message = "Cannot write the part file, retrying.", error = %e, retry_in = ?delay);
-                csv.discard_all();
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    retry(
+        "writing the part file",
+        stop,
+        Duration::from_secs(10),
+        async || csv.stage(id, output).inspect_err(|_| csv.discard_all()),
+    )
+    .await
 }
 
 /// Promotes a committed batch's file; the batch is committed, so this must happen:
@@ -686,20 +687,13 @@ async fn promote_with_retries(
     staged: &Staged,
     stop: &CancellationToken,
 ) -> Option<String> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match csv.promote(staged) {
-            Ok(path) => return Some(path.display().to_string()),
-            Err(e) => {
-                warn!(message = "Cannot promote the part file, retrying.", error = %e, retry_in = ?delay);
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    retry(
+        "promoting the part file",
+        stop,
+        Duration::from_secs(10),
+        async || csv.promote(staged).map(|p| p.display().to_string()),
+    )
+    .await
 }
 
 /// An input row the transform could not process, kept with its Kafka coordinates.

@@ -52,13 +52,8 @@ pub enum Error {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
     let source = config.source()?;
     let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let probe = client.clone();
-    let (topic, timeout) = (config.topic.clone(), config.connect_timeout);
-    let partitions = tokio::task::spawn_blocking(move || {
-        common::kafka::check_reachable(&probe, &topic, timeout)
-    })
-    .await
-    .map_err(|e| Error::BadSource(e.to_string()))??;
+    let partitions =
+        common::kafka::check_reachable(&client, &config.topic, config.connect_timeout).await?;
     if partitions.is_none() {
         let created = common::kafka::ensure_topic(
             &client,
