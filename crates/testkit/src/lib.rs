@@ -39,11 +39,16 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with `partitions` partitions.
 pub async fn create_topic(name: &str, partitions: i32) {
-    let config = common::kafka::client_config(&brokers(), &[]).unwrap();
+    create_topic_on(&brokers(), name, partitions).await;
+}
+
+/// Creates a topic on the given brokers.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
+    let config = common::kafka::client_config(brokers, &[]).unwrap();
     let created =
         common::kafka::ensure_topic(&config, name, partitions, 1, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|e| panic!("cannot create topic {name} on {}: {e}", brokers()));
+            .unwrap_or_else(|e| panic!("cannot create topic {name} on {brokers}: {e}"));
     assert!(created, "topic {name} already existed");
 }
 
@@ -53,8 +58,14 @@ pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// Publishes records in order to one partition each (by key, or `partition` when set),
 /// waiting for every acknowledgement.
 pub async fn produce(topic: &str, records: &[Record], partition: Option<i32>) {
+    produce_on(&brokers(), topic, records, partition).await;
+}
+
+/// Like [`produce`], on the given brokers.
+pub async fn produce_on(brokers: &str, topic: &str, records: &[Record], partition: Option<i32>) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "120000")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.max.bytes", "2000000")
@@ -119,14 +130,18 @@ pub fn consume(topic: &str, expected: usize, timeout: Duration) -> Vec<OwnedMess
 
 /// A fresh database on the server under test; returns its URL and a client.
 pub async fn fresh_database() -> (String, Client) {
-    let base = database_url();
-    let admin = connect(&base).await;
+    fresh_database_on(&database_url()).await
+}
+
+/// A fresh database on the server of `base`.
+pub async fn fresh_database_on(base: &str) -> (String, Client) {
+    let admin = connect(base).await;
     let name = unique("it");
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
-    let url = with_database(&base, &name);
+    let url = with_database(base, &name);
     let client = connect(&url).await;
     (url, client)
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,6 +14,7 @@ use events::UserEvent;
 use tokio_postgres::Client;
 
 pub struct Scenario {
+    pub brokers: String,
     pub topic: String,
     pub group: String,
     pub db_url: String,
@@ -21,10 +24,16 @@ pub struct Scenario {
 
 impl Scenario {
     pub async fn new(partitions: i32) -> Self {
+        Self::on(&testkit::brokers(), &testkit::database_url(), partitions).await
+    }
+
+    /// A scenario on given services (the fault suite brings its own).
+    pub async fn on(brokers: &str, database_url: &str, partitions: i32) -> Self {
         let topic = testkit::unique("users");
-        testkit::create_topic(&topic, partitions).await;
-        let (db_url, db) = testkit::fresh_database().await;
+        testkit::create_topic_on(brokers, &topic, partitions).await;
+        let (db_url, db) = testkit::fresh_database_on(database_url).await;
         Self {
+            brokers: brokers.to_string(),
             topic,
             group: testkit::unique("group"),
             db_url,
@@ -39,9 +48,8 @@ impl Scenario {
 
     /// The consumer binary with this scenario's services and names.
     pub fn command(&self, extra: &[&str]) -> Command {
-        let brokers = testkit::brokers();
         let defaults = [
-            ("--brokers", brokers.as_str()),
+            ("--brokers", self.brokers.as_str()),
             ("--topic", &self.topic),
             ("--group", &self.group),
             ("--database-url", &self.db_url),
@@ -86,7 +94,7 @@ impl Scenario {
             .iter()
             .map(|e| (e.key().map(<[u8]>::to_vec), Some(e.to_json())))
             .collect();
-        testkit::produce(&self.topic, &records, None).await;
+        testkit::produce_on(&self.brokers, &self.topic, &records, None).await;
     }
 
     /// Rows of the users table: id -> (first_name, email).
@@ -234,6 +242,51 @@ impl Scenario {
             "staged files left: {:?}",
             self.staged_files()
         );
+    }
+}
+
+/// What a fault scenario measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    pub lost: i64,
+    pub duplicated: i64,
+    pub dead_letters: i64,
+}
+
+impl Scenario {
+    /// Counts what was lost and what was duplicated, without failing (the summary
+    /// line is printed first; `assert_exactly_once` then says exactly what is wrong).
+    pub async fn measure(&self, published: &[UserEvent], bad: i64) -> Figures {
+        let expected = latest_by_id(published);
+        let table = self.table("users").await;
+        let right = expected
+            .iter()
+            .filter(|(id, e)| {
+                table.get(*id) == Some(&(Some(e.first_name.clone()), Some(e.email.clone())))
+            })
+            .count() as i64;
+        let dead = self.count("SELECT count(*) FROM dead_letters").await;
+        let distinct_dead = self
+            .count(r#"SELECT count(DISTINCT ("partition", "offset")) FROM dead_letters"#)
+            .await;
+        let records = self
+            .count("SELECT coalesce(sum(records), 0)::bigint FROM pipeline_batches")
+            .await;
+        let written = self
+            .count("SELECT coalesce(sum(rows_written), 0)::bigint FROM pipeline_batches")
+            .await;
+        let in_files: i64 = self.part_files().iter().map(|f| f.2.len() as i64).sum();
+        let total = published.len() as i64 + bad;
+        Figures {
+            lost: (expected.len() as i64 - right)
+                + (bad - distinct_dead).max(0)
+                + (total - records).max(0),
+            duplicated: (records - total).max(0)
+                + (dead - distinct_dead)
+                + (in_files - written).abs()
+                + self.staged_files().len() as i64,
+            dead_letters: dead,
+        }
     }
 }
 

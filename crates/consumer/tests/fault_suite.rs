@@ -1,0 +1,293 @@
+//! The fault-injection suite: the guarantee under crashes, outages and group churn.
+//! Each scenario prints one summary line (`fault-suite: ...`) with its figures and
+//! fails if anything was lost or duplicated.
+
+mod support;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use events::{Generator, UserEvent};
+use rand::Rng;
+use support::services::{PrivateBroker, PrivatePostgres, producer_bin};
+use support::{Figures, Scenario, signal, text};
+
+const FAST_REJOIN: [&str; 4] = [
+    "-X",
+    "session.timeout.ms=6000",
+    "-X",
+    "heartbeat.interval.ms=500",
+];
+
+fn summary(name: &str, events: usize, extra: &str, f: Figures) {
+    println!(
+        "fault-suite: {name} events={events} {extra} lost={} duplicated={} dead_letters={}",
+        f.lost, f.duplicated, f.dead_letters
+    );
+}
+
+/// Publishes `events` (keyed by id) plus `bad` malformed payloads, in chunks, in the
+/// background, so that faults hit a consumer that is busy.
+fn publish_in_background(
+    s: &Scenario,
+    events: Vec<UserEvent>,
+    bad: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (brokers, topic) = (s.brokers.clone(), s.topic.clone());
+    tokio::spawn(async move {
+        let records: Vec<testkit::Record> = events
+            .iter()
+            .map(|e| (e.key().map(<[u8]>::to_vec), Some(e.to_json())))
+            .collect();
+        let chunks = records.chunks(2_500).count().max(1);
+        for (i, chunk) in records.chunks(2_500).enumerate() {
+            testkit::produce_on(&brokers, &topic, chunk, None).await;
+            let from = i * bad / chunks;
+            let to = (i + 1) * bad / chunks;
+            let junk: Vec<testkit::Record> = (from..to)
+                .map(|j| {
+                    (
+                        Some(format!("bad{j}").into_bytes()),
+                        Some(format!("{{bad json {j}").into_bytes()),
+                    )
+                })
+                .collect();
+            testkit::produce_on(&brokers, &topic, &junk, None).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+}
+
+async fn wait_for_log(s: &Scenario, log: &str, what: &str) {
+    testkit::eventually(
+        &format!("{what:?} in log {log}"),
+        Duration::from_secs(60),
+        || async { s.log(log).contains(what).then_some(()) },
+    )
+    .await;
+}
+
+async fn batches(s: &Scenario) -> i64 {
+    s.try_count("SELECT count(*) FROM pipeline_batches")
+        .await
+        .unwrap_or(0)
+}
+
+async fn wait_for_progress(s: &Scenario, beyond: i64) -> i64 {
+    testkit::eventually("a committed batch", Duration::from_secs(90), || async {
+        let n = batches(s).await;
+        (n > beyond).then_some(n)
+    })
+    .await
+}
+
+async fn wait_until_all_committed(s: &Scenario, total: i64, logs: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let stored = s.stored_offsets().await;
+        if stored.values().sum::<i64>() == total {
+            return;
+        }
+        if Instant::now() > deadline {
+            for l in logs {
+                eprintln!("---- log {l}:\n{}", s.log(l));
+            }
+            panic!("not every offset committed within 180 s: {stored:?}, want {total} in all");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn stop(mut child: Child, s: &Scenario, log: &str) {
+    // A signal before the handler is installed would kill it the default way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.log(log).contains("Consumer started.") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0; log:\n{}", s.log(log));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_loop_with_sigkill_and_sigterm() {
+    let started = Instant::now();
+    let s = Scenario::new(3).await;
+    let events: Vec<_> = Generator::new(61).take(50_000).collect();
+    let bad = 50;
+    let publisher = publish_in_background(&s, events.clone(), bad);
+    let args = [
+        &["--max-batch-records", "1000", "--trigger-interval", "50ms"][..],
+        &FAST_REJOIN,
+    ]
+    .concat();
+    let (mut kills, mut restarts, mut seen) = (0, 0, 0);
+    for round in 0..10 {
+        let child = s.spawn(&args, &format!("crash{round}"));
+        restarts += 1;
+        wait_for_progress(&s, seen).await;
+        let pause = rand::rng().random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        signal(&child, "KILL");
+        let mut child = child;
+        let _ = child.wait();
+        kills += 1;
+        seen = batches(&s).await;
+    }
+    let child = s.spawn(&args, "term");
+    restarts += 1;
+    seen = wait_for_progress(&s, seen).await;
+    stop(child, &s, "term");
+    publisher.await.unwrap();
+    let out = s.run_available_now(&args);
+    restarts += 1;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let f = s.measure(&events, bad as i64).await;
+    summary(
+        "crash-loop",
+        events.len() + bad,
+        &format!(
+            "kills={kills} sigterms=1 restarts={restarts} batches={seen}+ seconds={}",
+            started.elapsed().as_secs()
+        ),
+        f,
+    );
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    s.assert_exactly_once(&events, bad as i64).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_outage_mid_run() {
+    let started = Instant::now();
+    let pg = PrivatePostgres::start();
+    let s = Scenario::on(&testkit::brokers(), &pg.url(), 3).await;
+    let events: Vec<_> = Generator::new(71).take(20_000).collect();
+    let publisher = publish_in_background(&s, events.clone(), 20);
+    let child = s.spawn(
+        &["--max-batch-records", "1000", "--max-retry-backoff", "1s"],
+        "pg",
+    );
+    wait_for_progress(&s, 0).await;
+    pg.down();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.up();
+    publisher.await.unwrap();
+    // The test's own connection was cut with the server: reconnect.
+    let s = Scenario {
+        db: testkit::connect(&s.db_url).await,
+        ..s
+    };
+    wait_until_all_committed(&s, events.len() as i64 + 20, &["pg"]).await;
+    stop(child, &s, "pg");
+    let log = s.log("pg");
+    let retries = log.matches("retrying").count();
+    assert!(
+        retries > 0,
+        "the consumer retried while PostgreSQL was down:\n{log}"
+    );
+    let f = s.measure(&events, 20).await;
+    summary(
+        "postgres-outage",
+        events.len() + 20,
+        &format!(
+            "outage_s=5 retry_lines={retries} seconds={}",
+            started.elapsed().as_secs()
+        ),
+        f,
+    );
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    s.assert_exactly_once(&events, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_mid_run() {
+    let started = Instant::now();
+    let mut broker = PrivateBroker::start();
+    let s = Scenario::on(&broker.brokers(), &testkit::database_url(), 3).await;
+    // The real producer publishes through the restart.
+    let mut producer = std::process::Command::new(producer_bin())
+        .args([
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            &s.topic,
+            "--count",
+            "20000",
+        ])
+        .args([
+            "--rate",
+            "4000",
+            "--seed",
+            "81",
+            "--delivery-timeout",
+            "120s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = s.spawn(&["--max-batch-records", "1000"], "broker");
+    wait_for_progress(&s, 0).await;
+    broker.restart(Duration::from_secs(2));
+    let out = producer.wait().unwrap();
+    assert!(
+        out.success(),
+        "the producer recovered and delivered everything"
+    );
+    let events: Vec<_> = Generator::new(81).take(20_000).collect();
+    wait_until_all_committed(&s, events.len() as i64, &["broker"]).await;
+    stop(child, &s, "broker");
+    let f = s.measure(&events, 0).await;
+    summary(
+        "broker-restart",
+        events.len(),
+        &format!("restarts=1 seconds={}", started.elapsed().as_secs()),
+        f,
+    );
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    s.assert_exactly_once(&events, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_churn_join_and_leave() {
+    let started = Instant::now();
+    let s = Scenario::new(6).await;
+    let events: Vec<_> = Generator::new(91).take(30_000).collect();
+    let publisher = publish_in_background(&s, events.clone(), 30);
+    let args = [
+        &["--max-batch-records", "800", "--trigger-interval", "100ms"][..],
+        &FAST_REJOIN,
+    ]
+    .concat();
+    // Members join one after another (tansu's coordinator mishandles several
+    // members joining at the same instant).
+    let a = s.spawn(&args, "a");
+    wait_for_log(&s, "a", "Partitions assigned").await;
+    let b = s.spawn(&args, "b");
+    wait_for_log(&s, "b", "Partitions assigned").await;
+    let c = s.spawn(&args, "c");
+    wait_for_log(&s, "c", "Batch committed").await;
+    stop(b, &s, "b"); // leaves
+    wait_for_log(&s, "a", "Partitions revoked").await;
+    let seen = batches(&s).await;
+    wait_for_progress(&s, seen).await;
+    // A member killed with -9 is not evicted by tansu 0.6.0 when others remain in the
+    // group (its partitions stay assigned to the ghost), so kill -9 is exercised by
+    // the crash loop; here the third member leaves with SIGTERM.
+    stop(c, &s, "c");
+    publisher.await.unwrap();
+    wait_until_all_committed(&s, events.len() as i64 + 30, &["a", "b", "c"]).await;
+    stop(a, &s, "a");
+    let f = s.measure(&events, 30).await;
+    summary(
+        "group-churn",
+        events.len() + 30,
+        &format!(
+            "consumers=3 joined=1 left=2 seconds={}",
+            started.elapsed().as_secs()
+        ),
+        f,
+    );
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    s.assert_exactly_once(&events, 30).await;
+}
