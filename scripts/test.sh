@@ -16,4 +16,14 @@ echo "test.sh: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
 
 # Integration tests run the real binaries: build them first so timing is about the test.
 cargo build --workspace --bins
-cargo test --workspace --all-targets --no-fail-fast "$@"
+# The fault suite's summary lines (cargo test hides the output of passing tests).
+FAULT_SUITE_SUMMARY=$(mktemp)
+export FAULT_SUITE_SUMMARY
+status=0
+cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
+if [ -s "$FAULT_SUITE_SUMMARY" ]; then
+  echo "== fault suite =="
+  cat "$FAULT_SUITE_SUMMARY"
+fi
+rm -f "$FAULT_SUITE_SUMMARY"
+exit "$status"

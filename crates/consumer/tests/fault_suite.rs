@@ -20,10 +20,22 @@ const FAST_REJOIN: [&str; 4] = [
 ];
 
 fn summary(name: &str, events: usize, extra: &str, f: Figures) {
-    println!(
+    let line = format!(
         "fault-suite: {name} events={events} {extra} lost={} duplicated={} dead_letters={}",
         f.lost, f.duplicated, f.dead_letters
     );
+    println!("{line}");
+    // cargo test hides a passing test's output: scripts/test.sh prints this file.
+    if let Some(path) = std::env::var_os("FAULT_SUITE_SUMMARY") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
 }
 
 /// Publishes `events` (keyed by id) plus `bad` malformed payloads, in chunks, in the
