@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::services::PrivatePostgres;
 use support::{Scenario, run_bounded, text};
 
 /// Runs the consumer expecting a start-up failure; returns its last stderr line.
@@ -21,6 +22,12 @@ fn refused(s: &Scenario, args: &[&str]) -> String {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default().to_string();
     assert!(last.starts_with("consumer: error: "), "{stderr}");
+    support::report(&format!(
+        "fault-suite: bad-config args={:?} exit={} seconds={:.1} error={last:?}",
+        args.join(" "),
+        out.status.code().unwrap_or(-1),
+        started.elapsed().as_secs_f64()
+    ));
     last
 }
 
@@ -111,4 +118,24 @@ fn a_bad_flag_value_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--trigger-interval"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_is_refused() {
+    let pg = PrivatePostgres::start_with_password("right-secret");
+    let s = Scenario::new(1).await;
+    let line = refused(
+        &s,
+        &["--database-url", &pg.url_with_password("wrong-secret")],
+    );
+    assert!(line.contains("password authentication failed"), "{line}");
+    // The right password works (the check above is about the password, not the server).
+    let ok = testkit::connect(&pg.url_with_password("right-secret")).await;
+    assert_eq!(
+        ok.query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
 }

@@ -148,6 +148,18 @@ async fn events_and_malformed_payloads_land_where_they_belong() {
         .await;
     assert_eq!(rows_in_files as i64, written);
     assert!(s.staged_files().is_empty());
+    let rows = s.count("SELECT count(*) FROM users").await;
+    support::report(&format!(
+        "fault-suite: bad-input messages={} malformed={} odd_but_valid={} rows={rows} dead_letters={} checked=rows,dead_letters,offsets,files",
+        events.len() + bad.len() + odd.len(),
+        bad.len(),
+        odd.len(),
+        rows_dead(&s).await
+    ));
+}
+
+async fn rows_dead(s: &Scenario) -> i64 {
+    s.count("SELECT count(*) FROM dead_letters").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

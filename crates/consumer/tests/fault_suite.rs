@@ -24,18 +24,7 @@ fn summary(name: &str, events: usize, extra: &str, f: Figures) {
         "fault-suite: {name} events={events} {extra} lost={} duplicated={} dead_letters={}",
         f.lost, f.duplicated, f.dead_letters
     );
-    println!("{line}");
-    // cargo test hides a passing test's output: scripts/test.sh prints this file.
-    if let Some(path) = std::env::var_os("FAULT_SUITE_SUMMARY") {
-        use std::io::Write;
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-        {
-            let _ = writeln!(file, "{line}");
-        }
-    }
+    support::report(&line);
 }
 
 /// Publishes `events` (keyed by id) plus `bad` malformed payloads, in chunks, in the
@@ -277,25 +266,28 @@ async fn group_churn_join_and_leave() {
     wait_for_log(&s, "a", "Partitions assigned").await;
     let b = s.spawn(&args, "b");
     wait_for_log(&s, "b", "Partitions assigned").await;
-    let c = s.spawn(&args, "c");
+    // c is a static member (KIP-345): killed with -9 and restarted under the same
+    // group.instance.id, it takes its own place back at once.
+    let static_args = [&args[..], &["-X", "group.instance.id=churn-c"]].concat();
+    let mut c = s.spawn(&static_args, "c");
     wait_for_log(&s, "c", "Batch committed").await;
     stop(b, &s, "b"); // leaves
     wait_for_log(&s, "a", "Partitions revoked").await;
     let seen = batches(&s).await;
     wait_for_progress(&s, seen).await;
-    // A member killed with -9 is not evicted by tansu 0.6.0 when others remain in the
-    // group (its partitions stay assigned to the ghost), so kill -9 is exercised by
-    // the crash loop; here the third member leaves with SIGTERM.
-    stop(c, &s, "c");
+    signal(&c, "KILL"); // dies
+    let _ = c.wait();
+    let c2 = s.spawn(&static_args, "c2"); // restarted, as a supervisor would
     publisher.await.unwrap();
-    wait_until_all_committed(&s, events.len() as i64 + 30, &["a", "b", "c"]).await;
+    wait_until_all_committed(&s, events.len() as i64 + 30, &["a", "b", "c", "c2"]).await;
     stop(a, &s, "a");
+    stop(c2, &s, "c2");
     let f = s.measure(&events, 30).await;
     summary(
         "group-churn",
         events.len() + 30,
         &format!(
-            "consumers=3 joined=1 left=2 seconds={}",
+            "consumers=3 joined=1 left=1 killed=1 restarted=1 seconds={}",
             started.elapsed().as_secs()
         ),
         f,

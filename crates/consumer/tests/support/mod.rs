@@ -290,6 +290,22 @@ impl Scenario {
     }
 }
 
+/// Prints a fault-suite summary line and appends it to `$FAULT_SUITE_SUMMARY`
+/// (cargo test hides a passing test's output; scripts/test.sh prints that file).
+pub fn report(line: &str) {
+    println!("{line}");
+    if let Some(path) = std::env::var_os("FAULT_SUITE_SUMMARY") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
 /// The latest event per id, in publishing order (an id is always on one partition).
 pub fn latest_by_id(events: &[UserEvent]) -> HashMap<String, UserEvent> {
     let mut m = HashMap::new();

@@ -124,7 +124,17 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
+    /// A cluster with trust authentication.
     pub fn start() -> Self {
+        Self::init(None)
+    }
+
+    /// A cluster that requires `password` for the user postgres (scram-sha-256).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::init(Some(password))
+    }
+
+    fn init(password: Option<&str>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries under /usr/lib/postgresql")
             .flatten()
@@ -151,13 +161,29 @@ impl PrivatePostgres {
             run_as,
         };
         let data = pg.dir.join("data");
-        let out = pg
-            .command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust"])
-            .output()
-            .unwrap();
+        let mut initdb = pg.command("initdb");
+        initdb.arg("-D").arg(&data).args(["-U", "postgres"]);
+        match password {
+            Some(pw) => {
+                let file = pg.dir.join("pwfile");
+                std::fs::write(&file, pw).unwrap();
+                if let Some(user) = &pg.run_as {
+                    assert!(
+                        Command::new("chown")
+                            .arg(user)
+                            .arg(&file)
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                }
+                initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(&file);
+            }
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+        }
+        let out = initdb.output().unwrap();
         assert!(
             out.status.success(),
             "initdb: {}",
@@ -169,6 +195,14 @@ impl PrivatePostgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL with a password.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/postgres",
+            self.port
+        )
     }
 
     fn command(&self, tool: &str) -> Command {
