@@ -250,7 +250,7 @@ async fn broker_restart_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn group_churn_join_and_leave() {
+async fn group_churn_join_leave_and_kill() {
     let started = Instant::now();
     let s = Scenario::new(6).await;
     let events: Vec<_> = Generator::new(91).take(30_000).collect();
