@@ -261,4 +261,52 @@ mod tests {
         expected.extend((-1i16).to_be_bytes());
         assert_eq!(b, &expected[..]);
     }
+
+    #[test]
+    fn values_postgres_cannot_store_reject_their_row_only() {
+        use datafusion::arrow::array::Date32Array;
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("d", DataType::Date32, true),
+        ]);
+        let too_old = PG_MIN_TIMESTAMP_MICROS - 1;
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(StringArray::from(vec!["ok", "old-ts", "old-date"])),
+                Arc::new(
+                    datafusion::arrow::array::TimestampMicrosecondArray::from(vec![
+                        Some(0),
+                        Some(too_old),
+                        Some(0),
+                    ])
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(Date32Array::from(vec![
+                    Some(0),
+                    Some(0),
+                    Some(PG_MIN_DATE_DAYS - 1),
+                ])),
+            ],
+        )
+        .unwrap();
+        let e = encode(&[batch], &super::super::columns(&schema).unwrap()).unwrap();
+        assert_eq!(e.rows, 1);
+        let reasons: Vec<&str> = e.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(
+            reasons[0].starts_with("column \"t\" is a timestamp before"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("column \"d\" is a date before"),
+            "{reasons:?}"
+        );
+        assert!(e.rejected[1].row_json.contains("old-date"));
+    }
 }
