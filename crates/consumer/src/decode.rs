@@ -90,19 +90,6 @@ impl fmt::Display for Reject {
     }
 }
 
-impl Reject {
-    /// A short stable label, for metrics and filtering dead letters.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Reject::Tombstone => "tombstone",
-            Reject::Empty => "empty",
-            Reject::NotUtf8(_) => "not_utf8",
-            Reject::NotObject(_) => "not_object",
-            Reject::Invalid(_) => "invalid",
-        }
-    }
-}
-
 /// Accumulates one micro-batch.
 pub struct BatchBuilder {
     fields: Vec<StringBuilder>,

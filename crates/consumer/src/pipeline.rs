@@ -362,7 +362,7 @@ impl LoopState<'_> {
     /// watermark first seen for it. Watermarks come from fetch responses (cached by
     /// librdkafka), which every broker answers correctly, unlike ListOffsets.
     fn all_done(&mut self) -> bool {
-        if self.generation == 0 || !self.consumer.context().assignment().settled {
+        if self.generation == 0 || !self.consumer.context().settled() {
             return false;
         }
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();

@@ -144,6 +144,11 @@ impl PipelineContext {
             .unwrap_or_default()
     }
 
+    /// Whether the last rebalance event was an assignment, cheaply.
+    pub fn settled(&self) -> bool {
+        self.assignment.lock().map(|a| a.settled).unwrap_or(false)
+    }
+
     /// The current generation, cheaply.
     pub fn generation(&self) -> u64 {
         self.assignment

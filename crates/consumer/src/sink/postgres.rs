@@ -284,11 +284,7 @@ impl PgSink {
 
     /// Whether a batch is recorded as committed (used when a commit's answer was lost).
     pub async fn is_committed(&mut self, batch: Uuid) -> Result<bool, PgError> {
-        let client = self.client().await?;
-        let found = offsets::committed(&*client, &[batch])
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        Ok(found.contains(&batch))
+        Ok(self.committed(&[batch]).await?.contains(&batch))
     }
 
     /// The stored next offsets of the given partitions.
