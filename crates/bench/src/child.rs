@@ -1,0 +1,219 @@
+//! Runs the pipeline's own binaries as child processes and measures them from the
+//! outside: wall time, CPU seconds and peak RSS from `wait4`'s resource usage (the
+//! kernel's figures, not a sample), and when a given log line first appeared.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running child whose stderr (JSON log lines) is read by a thread.
+pub struct Running {
+    child: Child,
+    started: Instant,
+    log: Arc<Mutex<Log>>,
+    name: String,
+    reaped: bool,
+}
+
+impl Drop for Running {
+    /// A benchmark that fails half-way leaves no pipeline process behind.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Vec<(Duration, String)>,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub code: i32,
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub peak_rss_bytes: u64,
+    /// Every line it printed, stdout and stderr interleaved as read.
+    pub log: Vec<String>,
+}
+
+/// Starts `bin` from `bin_dir` with `args`, stdout and stderr captured.
+pub fn spawn(bin_dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Running> {
+    let path = bin_dir.join(bin);
+    let mut child = Command::new(&path)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", path.display()))?;
+    let started = Instant::now();
+    let log = Arc::new(Mutex::new(Log::default()));
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let at = started.elapsed();
+                if let Ok(mut l) = log.lock() {
+                    l.lines.push((at, line));
+                }
+            }
+        });
+    }
+    Ok(Running {
+        child,
+        started,
+        log,
+        name: bin.to_string(),
+        reaped: false,
+    })
+}
+
+impl Running {
+    /// When a log line containing `needle` first appeared, counted from the start.
+    pub fn first(&self, needle: &str) -> Option<Duration> {
+        let log = self.log.lock().ok()?;
+        log.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(at, _)| *at)
+    }
+
+    /// Every captured line containing `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        self.log.lock().map_or_else(
+            |_| Vec::new(),
+            |l| {
+                l.lines
+                    .iter()
+                    .filter(|(_, line)| line.contains(needle))
+                    .map(|(_, line)| line.clone())
+                    .collect()
+            },
+        )
+    }
+
+    /// The last lines, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        self.log.lock().map_or_else(
+            |_| String::new(),
+            |l| {
+                let start = l.lines.len().saturating_sub(n);
+                l.lines[start..]
+                    .iter()
+                    .map(|(_, line)| line.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        )
+    }
+
+    /// Waits until a line containing `needle` appears, failing if the child exits
+    /// or `timeout` passes first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.first(needle) {
+                return Ok(at);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.tail(20)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not log {needle:?} within {timeout:?}:\n{}",
+                    self.name,
+                    self.tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asks the child to stop (SIGTERM), as an operator would.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Reaps the child with `wait4`, which hands back its resource usage.
+    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<Finished> {
+        let pid = self.child.id() as libc::pid_t;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: a zeroed rusage is a valid value for wait4 to overwrite.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: pid is our child; status and usage point to live locals.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if r == pid {
+                self.reaped = true;
+                let wall = self.started.elapsed();
+                let tv = |t: libc::timeval| {
+                    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+                };
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    -1
+                };
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok(Finished {
+                    code,
+                    wall,
+                    cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+                    // ru_maxrss is in kilobytes on Linux.
+                    peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+                    log: self.lines(""),
+                });
+            }
+            if r < 0 {
+                bail!(
+                    "waiting for {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as in `terminate`.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                bail!(
+                    "{} did not finish within {timeout:?}:\n{}",
+                    self.name,
+                    self.tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

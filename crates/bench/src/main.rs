@@ -1,0 +1,460 @@
+//! `bench`: the pipeline measured against the machine's limits, side by side, in
+//! one run. It prints a Markdown table, writes the figures as JSON, and says which
+//! targets hold. It times nothing in a test: it reports, and `scripts/bench.sh`
+//! renders the figures as `images/throughput.png`.
+//!
+//! Steps (each on its own topic, group and tables, in a database of its own):
+//! 1. limits: a raw producer loop, a consumer that only counts, PostgreSQL writes of
+//!    pre-encoded batches;
+//! 2. the `producer` binary publishing the same events;
+//! 3. the `consumer` binary with `--available-now` over them;
+//! 4. latency at a steady rate with a short trigger interval;
+//! 5. start-up to the first committed batch (from step 3).
+
+mod child;
+mod latency;
+mod limits;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::report::{Consumer, Latency, Producer, Report};
+
+/// Measures producer, consumer, latency and start-up against the raw limits of
+/// Kafka and PostgreSQL on this machine, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    brokers: String,
+    /// PostgreSQL server; the benchmark works in a fresh database `bench_<run>` on it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/postgres"
+    )]
+    database_url: String,
+    /// Events to publish and consume.
+    #[arg(long, env = "BENCH_EVENTS", default_value_t = 200_000)]
+    events: usize,
+    /// Partitions of the benchmark topics.
+    #[arg(long, env = "BENCH_PARTITIONS", default_value_t = 3)]
+    partitions: i32,
+    /// Records per batch, for the consumer and the PostgreSQL limit alike.
+    #[arg(long, env = "BENCH_BATCH_RECORDS", default_value_t = 10_000)]
+    batch_records: usize,
+    /// Seed of the synthetic events.
+    #[arg(long, env = "BENCH_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Steady producer rate of the latency step (events/s).
+    #[arg(long, env = "BENCH_LATENCY_RATE", default_value_t = 5_000)]
+    latency_rate: u32,
+    /// How long the latency step publishes.
+    #[arg(long, env = "BENCH_LATENCY_DURATION", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    latency_duration: Duration,
+    /// The consumer's trigger interval in the latency step.
+    #[arg(long, env = "BENCH_LATENCY_TRIGGER", default_value = "100ms",
+          value_parser = humantime::parse_duration)]
+    latency_trigger: Duration,
+    /// Directory holding the `producer` and `consumer` binaries (default: next to this one).
+    #[arg(long, env = "BENCH_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Where the figures are written as JSON.
+    #[arg(long, env = "BENCH_JSON", default_value = "bench-results/bench.json")]
+    json: PathBuf,
+    /// What the broker is, for the report (e.g. "tansu 0.6.0, sqlite engine").
+    #[arg(long, env = "BENCH_BROKER_LABEL")]
+    broker_label: Option<String>,
+    /// Keep the benchmark's database afterwards (dropped by default).
+    #[arg(long, env = "BENCH_KEEP")]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let bin_dir = match &config.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of the bench binary")?
+            .to_path_buf(),
+    };
+    for bin in ["producer", "consumer"] {
+        if !bin_dir.join(bin).is_file() {
+            bail!(
+                "no {bin} binary in {} (build with `cargo build --release --bins`)",
+                bin_dir.display()
+            );
+        }
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let kafka = common::kafka::client_config(&config.brokers, &[])?;
+    common::kafka::check_reachable(&kafka, "__bench_probe", Duration::from_secs(10)).await?;
+    let db = format!("bench_{run_id}");
+    let db_url = with_database(&config.database_url, &db);
+    let topic = |what: &str| format!("bench_{run_id}_{what}");
+    let work = std::env::temp_dir().join(format!("users-pipeline-bench-{run_id}"));
+    std::fs::create_dir_all(&work)?;
+    let n = config.events;
+    let p = config.partitions;
+
+    step(&format!(
+        "generating {n} synthetic events (seed {})",
+        config.seed
+    ));
+    let events = std::sync::Arc::new(limits::events(config.seed, n));
+    let avg_bytes = events.iter().map(|e| e.payload.len()).sum::<usize>() as f64 / n.max(1) as f64;
+
+    // 1a. Raw producer loop.
+    let raw_topic = topic("raw");
+    common::kafka::ensure_topic(&kafka, &raw_topic, p, 1, Duration::from_secs(10)).await?;
+    step("raw producer loop");
+    let raw_produce = {
+        let (kafka, t, events) = (kafka.clone(), raw_topic.clone(), events.clone());
+        tokio::task::spawn_blocking(move || limits::raw_produce(&kafka, &t, &events)).await??
+    };
+
+    // 2. The producer binary, same events.
+    let events_topic = topic("events");
+    step("producer binary");
+    let producer = {
+        let child = child::spawn(
+            &bin_dir,
+            "producer",
+            &[
+                "--brokers".into(),
+                config.brokers.clone(),
+                "--topic".into(),
+                events_topic.clone(),
+                "--count".into(),
+                n.to_string(),
+                "--seed".into(),
+                config.seed.to_string(),
+                "--partitions".into(),
+                p.to_string(),
+                "--log-format".into(),
+                "json".into(),
+            ],
+        )?;
+        let summary = child_summary(child, Duration::from_secs(300))?;
+        let (sent, rate) = summary;
+        if sent != n as u64 {
+            bail!("the producer sent {sent} events, not {n}");
+        }
+        rate
+    };
+
+    // 1b. Raw consume of the producer's topic.
+    step("raw consumer");
+    let raw_consume = {
+        let (kafka, t) = (kafka.clone(), events_topic.clone());
+        tokio::task::spawn_blocking(move || limits::raw_consume(&kafka, &t, p, n as u64)).await??
+    };
+
+    // 1c. PostgreSQL write limit of the same rows.
+    step("PostgreSQL write limit");
+    let encoded = limits::encode_batches(&events, config.batch_records, p, "limit_users").await?;
+    let (pg_limit, limit_ids) = limits::pg_write(&db_url, &encoded).await?;
+    drop(encoded);
+    drop(events);
+
+    // 3. The consumer, end to end.
+    step("consumer --available-now");
+    let out_dir = work.join("output_data");
+    let group = format!("bench_{run_id}");
+    let mut consumer = child::spawn(
+        &bin_dir,
+        "consumer",
+        &[
+            "--brokers".into(),
+            config.brokers.clone(),
+            "--topic".into(),
+            events_topic.clone(),
+            "--group".into(),
+            group.clone(),
+            "--database-url".into(),
+            db_url.clone(),
+            "--output-dir".into(),
+            out_dir.display().to_string(),
+            "--max-batch-records".into(),
+            config.batch_records.to_string(),
+            "--available-now".into(),
+            "--log-format".into(),
+            "json".into(),
+        ],
+    )?;
+    let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
+    let finished = consumer.finish(Duration::from_secs(600))?;
+    if finished.code != 0 {
+        bail!("the consumer exited with {}", finished.code);
+    }
+    let client = connect(&db_url).await?;
+    let rows_in_table: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await?
+        .get(0);
+    let (batches, records, rows_written): (i64, i64, i64) = {
+        let r = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(records), 0)::bigint,
+                        coalesce(sum(rows_written), 0)::bigint
+                 FROM pipeline_batches WHERE consumer_group = $1",
+                &[&group],
+            )
+            .await?;
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let csv_rows = csv_data_rows(&out_dir)?;
+    if records != n as i64 {
+        bail!("the consumer committed {records} records, not {n}");
+    }
+    if rows_in_table as usize != limit_ids.len() {
+        bail!(
+            "the consumer's table holds {rows_in_table} ids, the limit run wrote {}",
+            limit_ids.len()
+        );
+    }
+    if csv_rows != rows_written as u64 {
+        bail!("CSV part files hold {csv_rows} rows, PostgreSQL got {rows_written}");
+    }
+    let seconds = finished.wall.as_secs_f64();
+    let consumer_report = Consumer {
+        records: records as u64,
+        rows_written: rows_written as u64,
+        rows_in_table: rows_in_table as u64,
+        csv_rows,
+        batches: batches as u64,
+        seconds,
+        rows_per_s: rows_written as f64 / seconds,
+        records_per_s: records as f64 / seconds,
+        cpu_seconds: finished.cpu.as_secs_f64(),
+        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
+        startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
+    };
+
+    // 4. Latency at a steady rate.
+    step(&format!(
+        "latency: {} events/s for {:?}, trigger interval {:?}",
+        config.latency_rate, config.latency_duration, config.latency_trigger
+    ));
+    let lat_topic = topic("latency");
+    let lat_group = format!("bench_{run_id}_latency");
+    common::kafka::ensure_topic(&kafka, &lat_topic, p, 1, Duration::from_secs(10)).await?;
+    let mut lat_consumer = child::spawn(
+        &bin_dir,
+        "consumer",
+        &[
+            "--brokers".into(),
+            config.brokers.clone(),
+            "--topic".into(),
+            lat_topic.clone(),
+            "--group".into(),
+            lat_group.clone(),
+            "--database-url".into(),
+            db_url.clone(),
+            "--table".into(),
+            "latency_users".into(),
+            "--dead-letter-table".into(),
+            "latency_dead_letters".into(),
+            "--output-dir".into(),
+            work.join("latency_output").display().to_string(),
+            "--trigger-interval".into(),
+            humantime::format_duration(config.latency_trigger).to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ],
+    )?;
+    lat_consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
+    let lat_producer = child::spawn(
+        &bin_dir,
+        "producer",
+        &[
+            "--brokers".into(),
+            config.brokers.clone(),
+            "--topic".into(),
+            lat_topic.clone(),
+            "--rate".into(),
+            config.latency_rate.to_string(),
+            "--duration".into(),
+            humantime::format_duration(config.latency_duration).to_string(),
+            "--seed".into(),
+            (config.seed + 1).to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ],
+    )?;
+    let (sent, achieved_rate) = child_summary(
+        lat_producer,
+        config.latency_duration + Duration::from_secs(120),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let committed: i64 = client
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM pipeline_offsets
+                 WHERE consumer_group = $1 AND topic = $2",
+                &[&lat_group, &lat_topic],
+            )
+            .await?
+            .get(0);
+        if committed as u64 >= sent {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the latency consumer committed {committed} of {sent} in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lat_consumer.terminate();
+    lat_consumer.finish(Duration::from_secs(30))?;
+    let percentiles = latency::measure(&kafka, &client, &lat_group, &lat_topic, p, sent).await?;
+
+    let report = Report {
+        date: chrono_date(),
+        machine: report::machine(),
+        broker: config
+            .broker_label
+            .clone()
+            .unwrap_or_else(|| format!("Kafka at {}", config.brokers)),
+        postgres: client
+            .query_one("SHOW server_version", &[])
+            .await?
+            .get::<_, String>(0),
+        events: n as u64,
+        partitions: p,
+        batch_records: config.batch_records as u64,
+        avg_event_bytes: avg_bytes,
+        raw_consume,
+        pg_write: pg_limit,
+        raw_produce,
+        producer: Producer {
+            events_per_s: producer,
+            vs_raw: producer / raw_produce.per_s(),
+        },
+        consumer: consumer_report.clone(),
+        consumer_vs_pg_limit: consumer_report.rows_per_s / pg_limit.per_s(),
+        consumer_vs_consume_limit: consumer_report.records_per_s / raw_consume.per_s(),
+        latency: Latency {
+            rate: config.latency_rate,
+            achieved_rate,
+            trigger_ms: config.latency_trigger.as_millis() as u64,
+            percentiles,
+        },
+    };
+    drop(client);
+    if !config.keep {
+        drop_database(&config.database_url, &db).await;
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    if let Some(dir) = config.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&config.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", config.json.display()))?;
+    println!("{}", report.markdown());
+    eprintln!("bench: figures written to {}", config.json.display());
+    Ok(())
+}
+
+/// Waits for a producer and reads its summary line: events sent and its rate.
+fn child_summary(child: child::Running, timeout: Duration) -> anyhow::Result<(u64, f64)> {
+    let finished = child.finish(timeout)?;
+    let tail = finished.log[finished.log.len().saturating_sub(20)..].join("\n");
+    if finished.code != 0 {
+        bail!("the producer exited with {}:\n{tail}", finished.code);
+    }
+    let line = finished
+        .log
+        .iter()
+        .find(|l| l.starts_with("sent="))
+        .with_context(|| format!("no summary line from the producer:\n{tail}"))?;
+    match (field(line, "sent="), field(line, "rate=")) {
+        (Some(sent), Some(rate)) => Ok((sent as u64, rate)),
+        _ => bail!("cannot read the producer's summary line: {line}"),
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+}
+
+/// Data rows of every CSV part file under `dir`.
+fn csv_data_rows(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut rows = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "csv") {
+            let mut reader = csv::Reader::from_path(&path)?;
+            for record in reader.records() {
+                record.with_context(|| format!("reading {}", path.display()))?;
+                rows += 1;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if base[..i].contains("//") && i > base.find("//").unwrap_or(0) + 1 => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn drop_database(url: &str, db: &str) {
+    if let Ok(client) = connect(url).await {
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+}
+
+fn chrono_date() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string()
+}
