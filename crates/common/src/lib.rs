@@ -4,9 +4,11 @@
 //! - [`cli`]: log set-up (`--log-format text|json`) and the shutdown signal.
 //! - [`kafka`]: client configuration, a bounded broker reachability check and topic
 //!   creation through the admin API.
+//! - [`telemetry`]: `/metrics`, `/healthz` and `/readyz` for operators.
 
 pub mod cli;
 pub mod kafka;
+pub mod telemetry;
 
 /// Errors of the shared Kafka helpers.
 #[derive(Debug, thiserror::Error)]
@@ -23,4 +25,6 @@ pub enum Error {
     Config(String),
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("{0}")]
+    Telemetry(String),
 }

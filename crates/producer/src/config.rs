@@ -109,9 +109,27 @@ pub struct Config {
           value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
 
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (off
+    /// when unset), e.g. `0.0.0.0:9465`.
+    #[arg(long, env = "PRODUCER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Progress display: `auto` (a bar on a terminal when the count is known, log
+    /// lines otherwise), `bar` or `log`.
+    #[arg(long, env = "PRODUCER_PROGRESS", value_enum, default_value = "auto")]
+    pub progress: Progress,
+
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    Auto,
+    Bar,
+    Log,
 }
 
 /// When the producer stops by itself.

@@ -22,6 +22,11 @@ use tracing::info;
 pub use config::Config;
 pub use publish::Summary;
 
+/// Prometheus names of the producer's metrics.
+pub const SENT: &str = "users_pipeline_producer_events_sent_total";
+pub const DELIVERED: &str = "users_pipeline_producer_events_delivered_total";
+pub const FAILED: &str = "users_pipeline_producer_events_failed_total";
+
 /// Everything that ends a producer run early.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,7 +77,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         }
     }
 
+    let stop_telemetry = tokio_util::sync::CancellationToken::new();
+    let _stop_guard = stop_telemetry.clone().drop_guard();
+    if let Some(addr) = config.metrics_addr {
+        let handle = common::telemetry::install(Duration::from_secs(300))?;
+        common::telemetry::build_info("users_pipeline_producer", env!("CARGO_PKG_VERSION"));
+        // Ready once the broker answered and the topic exists, which is now.
+        let ready: common::telemetry::ReadyCheck =
+            std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
+        let bound = common::telemetry::serve(addr, handle, ready, stop_telemetry.clone()).await?;
+        info!(message = "Serving /metrics, /healthz and /readyz.", addr = %bound);
+    }
+    let sent_total = metrics::counter!(SENT);
     let publisher = publish::Publisher::new(&client, &config)?;
+    let bar = progress_bar(&config);
     let (tx, mut rx) = mpsc::channel::<Vec<events::UserEvent>>(64);
     let feeder = tokio::spawn(source.feed(tx));
 
@@ -108,11 +126,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             }
             publisher.send(&event).await?;
             sent += 1;
+            sent_total.increment(1);
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(sent);
+            let failed = publisher.failed();
+            if failed > 0 {
+                bar.set_message(format!("{failed} failed"));
+            }
         }
         if limit.count.is_some_and(|c| sent >= c) {
             break;
         }
-        if last_log.elapsed() >= config.progress_interval {
+        if bar.is_none() && last_log.elapsed() >= config.progress_interval {
             last_log = Instant::now();
             info!(
                 message = "Publishing.",
@@ -124,6 +150,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         }
     }
     drop(rx);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
     let bad_input = match feeder.await {
         Ok(Ok(stats)) => stats.bad_lines,
         Ok(Err(e)) => {
@@ -136,6 +165,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     Ok(publisher
         .finish(sent, bad_input, started.elapsed(), config.flush_timeout)
         .await)
+}
+
+/// A progress bar on stderr when it is a terminal and the count is known (or when
+/// asked for); `None` means periodic log lines instead.
+fn progress_bar(config: &Config) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let count = config.limit().count?;
+    let show = match config.progress {
+        config::Progress::Bar => true,
+        config::Progress::Log => false,
+        config::Progress::Auto => std::io::stderr().is_terminal(),
+    };
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(count);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events, {per_sec}, eta {eta} {msg}",
+    )
+    .ok()?;
+    bar.set_style(style);
+    Some(bar)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

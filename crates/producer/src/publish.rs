@@ -20,11 +20,24 @@ use crate::{Config, Error};
 /// Delivery failures logged one by one before the log goes quiet.
 const LOGGED_FAILURES: u64 = 10;
 
-/// Counts delivery reports as librdkafka's thread hands them back.
-#[derive(Default)]
+/// Counts delivery reports as librdkafka's thread hands them back (and, when a
+/// metrics recorder is installed, in Prometheus too).
 pub struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
+    delivered_total: metrics::Counter,
+    failed_total: metrics::Counter,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            delivered_total: metrics::counter!(crate::DELIVERED),
+            failed_total: metrics::counter!(crate::FAILED),
+        }
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -36,8 +49,10 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.delivered_total.increment(1);
             }
             Err((e, _)) => {
+                self.failed_total.increment(1);
                 let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
                 if n <= LOGGED_FAILURES {
                     error!(message = "Delivery failed.", error = %e, failures = n);

@@ -1,0 +1,181 @@
+//! What the consumer tells Prometheus, named once here so that the pipeline, the
+//! README and the alert rules agree on the names.
+//!
+//! Counters and histograms are taken as handles at start-up (no registry lookup
+//! per message); per-partition gauges are refreshed from the main loop at most once
+//! a second, and vanish when not refreshed for a while, so a partition that moved
+//! to another consumer stops being reported here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+
+pub const RECORDS_CONSUMED: &str = "users_pipeline_records_consumed_total";
+pub const BYTES_CONSUMED: &str = "users_pipeline_bytes_consumed_total";
+pub const ROWS_WRITTEN: &str = "users_pipeline_rows_written_total";
+pub const ROWS_FILTERED: &str = "users_pipeline_rows_filtered_total";
+pub const DEAD_LETTERS: &str = "users_pipeline_dead_letters_total";
+pub const BATCHES: &str = "users_pipeline_batches_total";
+pub const BATCH_DURATION: &str = "users_pipeline_batch_duration_seconds";
+pub const COMMIT_DURATION: &str = "users_pipeline_commit_duration_seconds";
+pub const POSTGRES_RETRIES: &str = "users_pipeline_postgres_retries_total";
+pub const STORED_OFFSET: &str = "users_pipeline_partition_stored_offset";
+pub const HIGH_WATERMARK: &str = "users_pipeline_partition_high_watermark";
+pub const LAG: &str = "users_pipeline_partition_lag";
+pub const LAST_COMMIT: &str = "users_pipeline_last_commit_timestamp_seconds";
+pub const ASSIGNED_PARTITIONS: &str = "users_pipeline_assigned_partitions";
+
+/// The `reason` label of a dead letter, from the stage that refused it: a bounded
+/// set of values (the full message is in the dead-letter table).
+pub fn dead_letter_reason(stage: &str) -> &'static str {
+    match stage {
+        "decode" => "malformed",
+        "transform" => "transform_failed",
+        "sink" => "rejected_by_postgres",
+        _ => "other",
+    }
+}
+
+/// Handles of the consumer's metrics.
+pub struct Metrics {
+    pub records: Counter,
+    pub bytes: Counter,
+    pub rows_written: Counter,
+    pub rows_filtered: Counter,
+    pub batches: Counter,
+    pub batch_duration: Histogram,
+    pub commit_duration: Histogram,
+    pub postgres_retries: Counter,
+    topic: String,
+    refreshed: Instant,
+}
+
+impl Metrics {
+    pub fn new(topic: &str) -> Self {
+        common::telemetry::build_info("users_pipeline_consumer", env!("CARGO_PKG_VERSION"));
+        // Registered with zero so that a scrape before the first batch sees them.
+        for reason in ["malformed", "transform_failed", "rejected_by_postgres"] {
+            counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+        }
+        Self {
+            records: counter!(RECORDS_CONSUMED),
+            bytes: counter!(BYTES_CONSUMED),
+            rows_written: counter!(ROWS_WRITTEN),
+            rows_filtered: counter!(ROWS_FILTERED),
+            batches: counter!(BATCHES),
+            batch_duration: histogram!(BATCH_DURATION),
+            commit_duration: histogram!(COMMIT_DURATION),
+            postgres_retries: counter!(POSTGRES_RETRIES),
+            topic: topic.to_string(),
+            refreshed: Instant::now() - Duration::from_secs(60),
+        }
+    }
+
+    pub fn dead_letters(&self, stages: impl IntoIterator<Item = &'static str>) {
+        for stage in stages {
+            counter!(DEAD_LETTERS, "reason" => dead_letter_reason(stage)).increment(1);
+        }
+    }
+
+    pub fn committed_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!(LAST_COMMIT).set(now);
+    }
+
+    /// True when the partition gauges are due for a refresh (or `force`).
+    pub fn due(&mut self, force: bool) -> bool {
+        if force || self.refreshed.elapsed() >= Duration::from_secs(1) {
+            self.refreshed = Instant::now();
+            return true;
+        }
+        false
+    }
+
+    /// Per owned partition: the offset PostgreSQL holds, the high watermark last
+    /// seen in a fetch response, and the difference.
+    pub fn partitions(&self, owned: &HashMap<i32, (Option<i64>, Option<i64>)>) {
+        gauge!(ASSIGNED_PARTITIONS).set(owned.len() as f64);
+        for (p, (stored, high)) in owned {
+            let labels = [("topic", self.topic.clone()), ("partition", p.to_string())];
+            if let Some(s) = stored {
+                gauge!(STORED_OFFSET, &labels).set(*s as f64);
+            }
+            if let Some(h) = high {
+                gauge!(HIGH_WATERMARK, &labels).set(*h as f64);
+                // Nothing stored yet: everything from the log start is lag; the
+                // high watermark is the honest upper bound.
+                let lag = (h - stored.unwrap_or(0)).max(0);
+                gauge!(LAG, &labels).set(lag as f64);
+            }
+        }
+    }
+}
+
+/// What `/readyz` checks: the consumer holds a settled assignment in its group, and
+/// PostgreSQL answers a query now (on a connection of its own, so a probe never
+/// waits behind a batch).
+pub struct Readiness {
+    assigned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    postgres: tokio_postgres::Config,
+    client: std::sync::Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+}
+
+/// How long `/readyz` waits for PostgreSQL before answering "not ready".
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Readiness {
+    pub fn new(config: &crate::Config) -> Result<Self, crate::Error> {
+        Ok(Self {
+            assigned: Default::default(),
+            postgres: crate::sink::postgres::parse_url(&config.database_url, PROBE_TIMEOUT)?,
+            client: Default::default(),
+        })
+    }
+
+    pub fn set_assigned(&self, assigned: bool) {
+        self.assigned
+            .store(assigned, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn check(&self) -> common::telemetry::ReadyCheck {
+        let assigned = self.assigned.clone();
+        let postgres = self.postgres.clone();
+        let client = self.client.clone();
+        std::sync::Arc::new(move || {
+            let (assigned, postgres, client) = (assigned.clone(), postgres.clone(), client.clone());
+            Box::pin(async move {
+                if !assigned.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err("no partition assignment yet (joining the consumer group)".into());
+                }
+                let probe = async {
+                    let mut slot = client.lock().await;
+                    if slot.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+                        let (c, connection) = postgres
+                            .connect(tokio_postgres::NoTls)
+                            .await
+                            .map_err(|e| crate::sink::postgres::reason(&e))?;
+                        tokio::spawn(connection);
+                        *slot = Some(c);
+                    }
+                    let c = slot.as_ref().ok_or("no connection")?;
+                    let result = c.simple_query("SELECT 1").await;
+                    if let Err(e) = result {
+                        *slot = None;
+                        return Err(crate::sink::postgres::reason(&e));
+                    }
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("PostgreSQL unreachable: {e}")),
+                    Err(_) => Err(format!(
+                        "PostgreSQL did not answer within {PROBE_TIMEOUT:?}"
+                    )),
+                }
+            })
+        })
+    }
+}
