@@ -14,6 +14,19 @@ if [ -z "${KAFKA_BROKERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "test.sh: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
 
+# The operations tests start a real Prometheus (Debian package `prometheus`).
+if ! command -v prometheus >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing prometheus (Debian package)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+    # The package starts a system service we do not want listening on :9090.
+    (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus) >/dev/null 2>&1 || true
+  else
+    echo "test.sh: the operations tests need the prometheus binary: apt-get install prometheus" >&2
+  fi
+fi
+
 # Integration tests run the real binaries: build them first so timing is about the test.
 cargo build --workspace --bins
 # The fault suite's summary lines (cargo test hides the output of passing tests).

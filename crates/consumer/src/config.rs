@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::cli::LogFormat;
 
 /// Where to start in a partition for which PostgreSQL holds no offset yet.
@@ -20,18 +20,29 @@ pub enum StartingOffsets {
 #[command(name = "consumer", version, about, long_about = None)]
 pub struct Config {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        default_value = "localhost:9092",
+        global = true
+    )]
     pub brokers: String,
 
     /// Topic to read.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "users_created")]
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC",
+        default_value = "users_created",
+        global = true
+    )]
     pub topic: String,
 
     /// Consumer group. Offsets are stored in PostgreSQL under this name.
     #[arg(
         long = "group",
         env = "KAFKA_GROUP_ID",
-        default_value = "users-pipeline"
+        default_value = "users-pipeline",
+        global = true
     )]
     pub group: String,
 
@@ -40,24 +51,30 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres:postgres@localhost:5432/userdb"
+        default_value = "postgres://postgres:postgres@localhost:5432/userdb",
+        global = true
     )]
     pub database_url: String,
 
     /// Table the output rows are upserted into (created if missing).
-    #[arg(long, env = "TABLE", default_value = "users")]
+    #[arg(long, env = "TABLE", default_value = "users", global = true)]
     pub table: String,
 
     /// Key column of the table: a row whose key comes again replaces the old one.
-    #[arg(long, env = "KEY_COLUMN", default_value = "id")]
+    #[arg(long, env = "KEY_COLUMN", default_value = "id", global = true)]
     pub key_column: String,
 
     /// Table that keeps every message that could not be processed, with the reason.
-    #[arg(long, env = "DEAD_LETTER_TABLE", default_value = "dead_letters")]
+    #[arg(
+        long,
+        env = "DEAD_LETTER_TABLE",
+        default_value = "dead_letters",
+        global = true
+    )]
     pub dead_letter_table: String,
 
     /// Directory of the CSV part files.
-    #[arg(long, env = "OUTPUT_DIR", default_value = "output_data")]
+    #[arg(long, env = "OUTPUT_DIR", default_value = "output_data", global = true)]
     pub output_dir: PathBuf,
 
     /// Where to start in partitions for which no offset is stored yet.
@@ -81,7 +98,7 @@ pub struct Config {
 
     /// A SQL file replacing the default transform. It reads the table `events` and
     /// its output columns decide the PostgreSQL table and the CSV header.
-    #[arg(long, env = "TRANSFORM_SQL")]
+    #[arg(long, env = "TRANSFORM_SQL", global = true)]
     pub transform_sql: Option<PathBuf>,
 
     /// Process everything present at start-up, commit, and exit 0.
@@ -94,7 +111,7 @@ pub struct Config {
 
     /// How long to wait for Kafka and PostgreSQL at start-up before giving up.
     #[arg(long, env = "CONNECT_TIMEOUT", default_value = "10s",
-          value_parser = humantime::parse_duration)]
+          value_parser = humantime::parse_duration, global = true)]
     pub connect_timeout: Duration,
 
     /// Longest pause between two attempts while PostgreSQL is unreachable mid-run.
@@ -107,13 +124,80 @@ pub struct Config {
         short = 'X',
         long = "kafka-option",
         env = "CONSUMER_KAFKA_OPTIONS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub kafka_options: Vec<String>,
 
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (off
+    /// when unset), e.g. `0.0.0.0:9464`.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// An operator command instead of the pipeline (safe beside a running one).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
+}
+
+/// Operator commands: each reads or changes the pipeline's state in PostgreSQL and
+/// Kafka without joining the consumer group.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Per partition: the offset stored in PostgreSQL, the broker's high watermark
+    /// and the lag.
+    Status,
+    /// Check the configuration, both services and the transform SQL; print the table
+    /// changes the consumer would make. Changes nothing.
+    Validate,
+    /// Re-publish dead letters (after fixing their payloads in the table) and mark
+    /// them replayed, exactly once.
+    ReplayDeadLetters(ReplayArgs),
+    /// Set the group's stored offsets. Refused while the group has members.
+    ResetOffsets(ResetArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Only dead letters with an id at least this.
+    #[arg(long, env = "REPLAY_FROM_ID")]
+    pub from_id: Option<i64>,
+    /// Only dead letters with an id at most this.
+    #[arg(long, env = "REPLAY_TO_ID")]
+    pub to_id: Option<i64>,
+    /// Only dead letters whose reason contains this text (case-insensitive).
+    #[arg(long, env = "REPLAY_REASON")]
+    pub reason: Option<String>,
+    /// Topic to publish to (default: the dead letter's own topic, else --topic).
+    #[arg(long, env = "REPLAY_TO_TOPIC")]
+    pub to_topic: Option<String>,
+    /// Print what would be replayed; publish and mark nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// `earliest`, `latest`, an RFC 3339 timestamp (the first offset at or after
+    /// it), or explicit offsets `PARTITION=OFFSET,...`.
+    #[arg(long = "to", env = "RESET_TO")]
+    pub to: String,
+    /// Print the change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reset even when the broker lists members of the group (consumers of this
+    /// pipeline are always refused).
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Config {

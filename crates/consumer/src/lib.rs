@@ -9,15 +9,19 @@
 //!   part files (staged, then promoted once the transaction committed).
 //! - [`offsets`]: the offset store and the batch log in PostgreSQL.
 //! - [`pipeline`]: the micro-batch loop tying them together.
+//! - [`operator`]: `status`, `validate`, `replay-dead-letters`, `reset-offsets`.
+//! - [`telemetry`]: Prometheus metrics and the readiness check.
 //!
 //! ARCHITECTURE.md at the repository root explains the delivery guarantee.
 
 pub mod config;
 pub mod decode;
 pub mod offsets;
+pub mod operator;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod transform;
 
 pub use config::Config;

@@ -30,7 +30,13 @@ use crate::sink::csv::{CsvSink, Staged, part_name};
 use crate::sink::postgres::{BatchWrite, Outcome, PgSink, Target};
 use crate::sink::{self, column_ident, table_ident};
 use crate::source::{self, KafkaConsumer, OffsetOracle, PipelineContext};
+use crate::telemetry::{Metrics, Readiness};
 use crate::transform::Transform;
+
+/// How long a write may go on with the next batch full and nobody polling before
+/// the partitions are paused and polling resumes. Well under `max.poll.interval.ms`
+/// and short enough that a rebalance waits at most this long for us.
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(3);
 
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,6 +88,13 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     }
     let instance = Uuid::new_v4();
     let csv = CsvSink::open(&config.output_dir, instance)?;
+    let readiness = Readiness::new(&config)?;
+    if let Some(addr) = config.metrics_addr {
+        let handle = common::telemetry::install(Duration::from_secs(30))?;
+        let bound = common::telemetry::serve(addr, handle, readiness.check(), stop.clone()).await?;
+        info!(message = "Serving /metrics, /healthz and /readyz.", addr = %bound);
+    }
+    let metrics = Metrics::new(&config.topic);
 
     let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
     let partitions =
@@ -173,6 +186,8 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         consumed: HashMap::new(),
         eof: HashSet::new(),
         targets: HashMap::new(),
+        metrics,
+        readiness: &readiness,
     };
     let mut sinks = Sinks {
         pg: &mut pg,
@@ -237,6 +252,8 @@ struct LoopState<'a> {
     eof: HashSet<i32>,
     /// `--available-now`: the high watermark first seen per partition.
     targets: HashMap<i32, i64>,
+    metrics: Metrics,
+    readiness: &'a Readiness,
 }
 
 impl LoopState<'_> {
@@ -254,6 +271,7 @@ impl LoopState<'_> {
             if self.sync_generation() {
                 batch = Collecting::new();
             }
+            self.observe(false);
             let records = batch.builder.records();
             let finished = self.config.available_now && self.all_done();
             let due = records > 0 && batch.started.elapsed() >= self.config.trigger_interval;
@@ -324,6 +342,10 @@ impl LoopState<'_> {
                     // The trigger interval counts from the batch's first record.
                     batch.started = Instant::now();
                 }
+                self.metrics.records.increment(1);
+                self.metrics
+                    .bytes
+                    .increment((m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64);
                 batch.builder.push(
                     &Origin {
                         topic: m.topic(),
@@ -436,25 +458,47 @@ impl LoopState<'_> {
         };
 
         // Keep polling (and collecting the next batch) while the batch is written.
+        // Once the next batch is full, polling stops and librdkafka's bounded queue
+        // holds what arrives; only a write that outlasts HOLD_BEFORE_PAUSE pauses
+        // the partitions, so that polling (and the group membership it keeps alive)
+        // can go on. Pausing is the exception because librdkafka drops what it
+        // prefetched when a partition is paused, and fetches it again on resume.
         let mut next = Collecting::new();
         let generation = self.generation;
         let mut paused: Option<TopicPartitionList> = None;
+        let mut full_since: Option<Instant> = None;
+        let write_started = Instant::now();
+        let retries = self.metrics.postgres_retries.clone();
         let outcome = {
-            let attempt = write_with_retries(sinks.pg, &write, stop, self.config.max_retry_backoff);
+            let attempt = write_with_retries(
+                sinks.pg,
+                &write,
+                stop,
+                self.config.max_retry_backoff,
+                &retries,
+            );
             tokio::pin!(attempt);
             loop {
+                let holding = paused.is_none() && full_since.is_some();
+                let pause_at = full_since.unwrap_or_else(Instant::now) + HOLD_BEFORE_PAUSE;
                 tokio::select! {
                     biased;
                     outcome = &mut attempt => break outcome,
-                    m = self.consumer.recv() => {
+                    () = tokio::time::sleep_until(pause_at.into()), if holding => {
+                        paused = self.pause();
+                    }
+                    m = self.consumer.recv(), if !holding => {
                         self.take(&mut next, m)?;
-                        if paused.is_none() && next.full(self.config) {
-                            paused = self.pause();
+                        if full_since.is_none() && next.full(self.config) {
+                            full_since = Some(Instant::now());
                         }
                     }
                 }
             }
         };
+        self.metrics
+            .commit_duration
+            .record(write_started.elapsed().as_secs_f64());
         if let Some(tpl) = paused {
             // librdkafka resumes at the next message not yet handed to us.
             self.consumer
@@ -499,6 +543,18 @@ impl LoopState<'_> {
                 }
                 self.commit_to_kafka(&advances);
                 let elapsed = started.elapsed();
+                let filtered = input_rows.saturating_sub(output_rows + failed.len());
+                self.metrics.batches.increment(1);
+                self.metrics.batch_duration.record(elapsed.as_secs_f64());
+                self.metrics.rows_written.increment(rows_written);
+                self.metrics.rows_filtered.increment(filtered as u64);
+                self.metrics.dead_letters(
+                    dead.iter()
+                        .map(|d| d.stage)
+                        .chain((0..rejected_rows).map(|_| "sink")),
+                );
+                self.metrics.committed_now();
+                self.observe(true);
                 summary.batches += 1;
                 summary.records += records;
                 summary.rows_written += rows_written;
@@ -509,7 +565,7 @@ impl LoopState<'_> {
                     records,
                     rows_out = output_rows,
                     rows_written,
-                    filtered = input_rows.saturating_sub(output_rows + failed.len()),
+                    filtered,
                     dead_letters,
                     rejected_rows,
                     partitions = %describe_ranges(&advances),
@@ -532,6 +588,30 @@ impl LoopState<'_> {
                 Ok(Collecting::new())
             }
         }
+    }
+
+    /// Refreshes the per-partition gauges and the readiness flag (at most once a
+    /// second unless `force`).
+    fn observe(&mut self, force: bool) {
+        if !self.metrics.due(force) {
+            return;
+        }
+        let settled = self.generation > 0 && self.consumer.context().settled();
+        self.readiness.set_assigned(settled);
+        if !settled {
+            return;
+        }
+        let owned = self
+            .assigned
+            .keys()
+            .map(|p| {
+                let stored = self.committed.get(p).copied().flatten();
+                let high = source::cached_watermarks(self.consumer, &self.config.topic, *p)
+                    .map(|(_, h)| h);
+                (*p, (stored, high))
+            })
+            .collect();
+        self.metrics.partitions(&owned);
     }
 
     fn pause(&self) -> Option<TopicPartitionList> {
@@ -598,6 +678,7 @@ async fn write_with_retries(
     write: &BatchWrite<'_>,
     stop: &CancellationToken,
     max_backoff: Duration,
+    retries: &metrics::Counter,
 ) -> Option<Outcome> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
@@ -610,6 +691,7 @@ async fn write_with_retries(
         match result {
             Ok(outcome) => return Some(outcome),
             Err(e) => {
+                retries.increment(1);
                 pg.failed(&e, attempt, delay);
                 tokio::select! {
                     () = stop.cancelled() => return None,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -141,6 +141,7 @@ impl PgSink {
         };
         let upsert = upsert_sql(&target);
         lock_instance(&client, instance).await?;
+        lock_group(&client, &target.group).await?;
         let mut sink = Self {
             instance,
             config,
@@ -171,6 +172,7 @@ impl PgSink {
                 })?;
             stage_table(&client, &self.target).await?;
             lock_instance(&client, self.instance).await?;
+            lock_group(&client, &self.target.group).await?;
             info!(message = "Reconnected to PostgreSQL.", target = %self.display);
             self.client = Some(client);
         }
@@ -195,76 +197,9 @@ impl PgSink {
         tx.batch_execute(&dead_letter_ddl(&target.dead_letter_table))
             .await
             .map_err(|e| PgError::db(&e))?;
-        let schema_error = |reason: String| PgError::Schema {
-            table: target.table.clone(),
-            reason,
-        };
-        let existing = tx
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-                 FROM pg_attribute a
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-                 ORDER BY a.attnum",
-                &[&target.table],
-            )
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        if existing.is_empty() {
-            let cols: Vec<String> = target
-                .columns
-                .iter()
-                .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
-                .collect();
-            let ddl = format!(
-                "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
-                target.table,
-                cols.join(", "),
-                target.key
-            );
+        for ddl in plan_table(&tx, &target).await? {
             tx.batch_execute(&ddl).await.map_err(|e| PgError::db(&e))?;
-            info!(message = "Created table.", table = %target.table, ddl = %ddl);
-        } else {
-            for c in &target.columns {
-                match existing.iter().find(|r| r.get::<_, String>(0) == c.name) {
-                    Some(row) => {
-                        let have: String = row.get(1);
-                        if have != c.pg.sql() {
-                            return Err(schema_error(format!(
-                                "column {:?} is {have} but the transform now produces {}; \
-                                 migrate the table or CAST in the query",
-                                c.name,
-                                c.pg.sql()
-                            )));
-                        }
-                    }
-                    None => {
-                        let ddl = format!(
-                            "ALTER TABLE {} ADD COLUMN {} {}",
-                            target.table,
-                            quote_ident(&c.name),
-                            c.pg.sql()
-                        );
-                        tx.batch_execute(&ddl).await.map_err(|e| PgError::db(&e))?;
-                        info!(message = "Added column.", table = %target.table, column = %c.name);
-                    }
-                }
-            }
-            let unique = tx
-                .query_opt(
-                    "SELECT 1 FROM pg_index i
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                     WHERE i.indrelid = to_regclass($1) AND i.indisunique
-                       AND i.indnkeyatts = 1 AND a.attname = $2",
-                    &[&target.table, &unquote(&target.key)],
-                )
-                .await
-                .map_err(|e| PgError::db(&e))?;
-            if unique.is_none() {
-                return Err(schema_error(format!(
-                    "no primary key or unique index on {} alone, which the upsert needs",
-                    target.key
-                )));
-            }
+            info!(message = "Changed the table.", table = %target.table, ddl = %ddl);
         }
         tx.commit().await.map_err(|e| PgError::db(&e))?;
         let client = self.client().await?;
@@ -407,10 +342,14 @@ async fn write(
         })
         .collect::<serde_json::Map<_, _>>()
         .into();
+    // The last statement before COMMIT, with the wall clock rather than now() (the
+    // transaction's start): committed_at is when the rows became visible, give or
+    // take the commit itself, which is what end-to-end latency is measured against.
     tx.execute(
         "INSERT INTO pipeline_batches (batch_id, consumer_group, topic, output_table, part_file,
-                                           records, rows_written, dead_letters, offsets)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                           records, rows_written, dead_letters, offsets,
+                                           committed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())",
         &[
             &batch.id,
             &target.group,
@@ -532,6 +471,99 @@ async fn insert_dead_letters(
     .await
 }
 
+/// What the output table needs: nothing, a CREATE TABLE, or ALTERs adding new
+/// columns. Refuses type changes and a table without a unique index on the key.
+/// Runs nothing, so `consumer validate` can print it.
+pub async fn plan_table(
+    client: &impl GenericClient,
+    target: &Target,
+) -> Result<Vec<String>, PgError> {
+    let schema_error = |reason: String| PgError::Schema {
+        table: target.table.clone(),
+        reason,
+    };
+    let existing = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&target.table],
+        )
+        .await
+        .map_err(|e| PgError::db(&e))?;
+    if existing.is_empty() {
+        let cols: Vec<String> = target
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
+            .collect();
+        return Ok(vec![format!(
+            "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
+            target.table,
+            cols.join(", "),
+            target.key
+        )]);
+    }
+    let mut plan = Vec::new();
+    for c in &target.columns {
+        match existing.iter().find(|r| r.get::<_, String>(0) == c.name) {
+            Some(row) => {
+                let have: String = row.get(1);
+                if have != c.pg.sql() {
+                    return Err(schema_error(format!(
+                        "column {:?} is {have} but the transform now produces {}; \
+                         migrate the table or CAST in the query",
+                        c.name,
+                        c.pg.sql()
+                    )));
+                }
+            }
+            None => plan.push(format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                target.table,
+                quote_ident(&c.name),
+                c.pg.sql()
+            )),
+        }
+    }
+    let unique = client
+        .query_opt(
+            "SELECT 1 FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique
+               AND i.indnkeyatts = 1 AND a.attname = $2",
+            &[&target.table, &unquote(&target.key)],
+        )
+        .await
+        .map_err(|e| PgError::db(&e))?;
+    if unique.is_none() {
+        return Err(schema_error(format!(
+            "no primary key or unique index on {} alone, which the upsert needs",
+            target.key
+        )));
+    }
+    Ok(plan)
+}
+
+/// Connects to the database of `url` without creating anything (operator commands).
+pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, String), PgError> {
+    let config = parse_url(url, timeout)?;
+    let display = describe(&config);
+    let client = connect(&config, timeout)
+        .await
+        .map_err(|e| PgError::Connect {
+            target: display.clone(),
+            reason: e.reason(),
+        })?;
+    Ok((client, display))
+}
+
+/// The DDL of the dead-letter table, for `consumer validate`.
+pub fn dead_letter_table_ddl(table: &str) -> String {
+    dead_letter_ddl(table)
+}
+
 fn dead_letter_ddl(table: &str) -> String {
     format!(
         r#"CREATE TABLE IF NOT EXISTS {table} (
@@ -551,7 +583,9 @@ fn dead_letter_ddl(table: &str) -> String {
     )
 }
 
-fn upsert_sql(t: &Target) -> String {
+/// The merge statement of a batch: rows `$1..$2` of the stage into the table, last
+/// row per key winning. Public for the benchmark, which measures it on its own.
+pub fn upsert_sql(t: &Target) -> String {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let list = cols.join(", ");
     let updates: Vec<String> = cols
@@ -599,6 +633,24 @@ fn instance_key(instance: Uuid) -> i64 {
 }
 
 /// Holds this instance's session lock for as long as its connection lives.
+/// The advisory-lock key of a consumer group (computed by PostgreSQL, so that
+/// operator commands get the same key with plain SQL).
+pub const GROUP_LOCK_KEY: &str = "hashtext('users-pipeline-group:' || $1)::bigint";
+
+/// Every running consumer holds its group's lock in shared mode for as long as its
+/// connection lives: `reset-offsets` takes it exclusively, which is refused while
+/// any consumer of the group runs, whatever the broker can tell about the group.
+async fn lock_group(client: &Client, group: &str) -> Result<(), PgError> {
+    client
+        .execute(
+            &format!("SELECT pg_advisory_lock_shared({GROUP_LOCK_KEY})"),
+            &[&group],
+        )
+        .await
+        .map_err(|e| PgError::db(&e))?;
+    Ok(())
+}
+
 async fn lock_instance(client: &Client, instance: Uuid) -> Result<(), PgError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&instance_key(instance)])
