@@ -475,3 +475,103 @@ async fn replay_dead_letters_republishes_fixed_payloads_exactly_once() {
         .count();
     assert_eq!(replayed, 2, "the broken original and one replay");
 }
+
+/// A replay killed after publishing but before marking: the next run finds its
+/// messages by header, marks those dead letters, and publishes nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_replay_is_settled_from_the_topic() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let s = Scenario::new(1).await;
+    let bad: Vec<testkit::Record> = (0..2)
+        .map(|i| (None, Some(format!("broken {i}").into_bytes())))
+        .collect();
+    testkit::produce_on(&s.brokers, &s.topic, &bad, None).await;
+    assert!(s.run_available_now(&[]).status.success());
+    let ids: Vec<i64> =
+        s.db.query("SELECT id FROM dead_letters ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(ids.len(), 2);
+    // Fix both, then simulate a run that recorded its replay of both, published only
+    // the first, and died.
+    s.db.execute(
+        r#"UPDATE dead_letters SET payload = convert_to('{"id": "fixed-' || id || '"}', 'UTF8')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let check = run_command(&s, &["replay-dead-letters", "--dry-run"]);
+    assert!(
+        stdout(&check).contains("2 dead letter(s) would go"),
+        "{check:?}"
+    );
+    let replay = uuid::Uuid::now_v7();
+    s.db.execute(
+        "INSERT INTO pipeline_replays (replay_id, dead_letter_table, topic, ids) VALUES ($1, $2, $3, $4)",
+        &[&replay, &"\"dead_letters\"", &s.topic, &ids],
+    )
+    .await
+    .unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .create()
+        .unwrap();
+    let (replay_text, first) = (replay.to_string(), ids[0].to_string());
+    let payload = format!(r#"{{"id": "fixed-{}"}}"#, ids[0]);
+    producer
+        .send(
+            FutureRecord::<(), String>::to(&s.topic)
+                .payload(&payload)
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "users-pipeline-replay",
+                            value: Some(replay_text.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "users-pipeline-dead-letter-id",
+                            value: Some(first.as_bytes()),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let out = run_command(&s, &["replay-dead-letters"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("1 of its 2 dead letter(s) had been published"),
+        "{text}"
+    );
+    assert!(text.contains("replayed 1 dead letter"), "{text}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL")
+            .await,
+        2
+    );
+    // The topic: 2 broken originals, then each fixed payload exactly once (the
+    // consumer reads to the end: 4 records in all).
+    assert!(s.run_available_now(&[]).status.success());
+    assert_eq!(s.stored_offsets().await.values().sum::<i64>(), 4);
+    let all = testkit::consume(&s.topic, 4, Duration::from_secs(20));
+    let mut fixed: Vec<String> = all
+        .iter()
+        .filter_map(|m| m.payload())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .filter(|p| p.contains("fixed-"))
+        .collect();
+    fixed.sort();
+    let mut expected: Vec<String> = ids
+        .iter()
+        .map(|i| format!(r#"{{"id": "fixed-{i}"}}"#))
+        .collect();
+    expected.sort();
+    assert_eq!(fixed, expected);
+}
