@@ -211,6 +211,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "json".into(),
         ],
     )?;
+    let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
     let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
     let finished = consumer.finish(Duration::from_secs(600))?;
     if finished.code != 0 {
@@ -258,6 +259,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         cpu_seconds: finished.cpu.as_secs_f64(),
         peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
         startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
+        startup_to_assignment_ms: assigned.as_secs_f64() * 1000.0,
     };
 
     // 4. Latency at a steady rate.

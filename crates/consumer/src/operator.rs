@@ -294,6 +294,14 @@ fn target_offsets(
                 });
                 match parsed {
                     Some((p, o)) if partitions.contains(&p) && o >= 0 => {
+                        let (low, high) = consumer
+                            .fetch_watermarks(topic, p, timeout)
+                            .map_err(kafka_err("cannot read watermarks"))?;
+                        if o < low || o > high {
+                            return Err(Error::Config(format!(
+                                "--to: offset {o} is outside partition {p}'s range {low}..={high}"
+                            )));
+                        }
                         out.insert(p, o);
                     }
                     _ => {
@@ -310,6 +318,11 @@ fn target_offsets(
                     "--to {timestamp:?}: expected earliest, latest, an RFC 3339 timestamp or PARTITION=OFFSET,... ({e})"
                 ))
             })?;
+            if at.timestamp_millis() < 0 {
+                return Err(Error::Config(format!(
+                    "--to {timestamp:?}: Kafka timestamps start in 1970"
+                )));
+            }
             let mut tpl = TopicPartitionList::new();
             for p in partitions {
                 tpl.add_partition_offset(topic, *p, Offset::Offset(at.timestamp_millis()))
@@ -319,6 +332,12 @@ fn target_offsets(
                 .offsets_for_times(tpl, timeout)
                 .map_err(kafka_err("cannot look up offsets by time"))?;
             for e in found.elements() {
+                if let Err(err) = e.error() {
+                    return Err(Error::KafkaRuntime(format!(
+                        "cannot look up partition {}'s offset at {timestamp}: {err}",
+                        e.partition()
+                    )));
+                }
                 let offset = match e.offset() {
                     Offset::Offset(o) => o,
                     // No message at or after the time: the partition's end.
@@ -431,9 +450,20 @@ CREATE TABLE IF NOT EXISTS pipeline_replays (
     topic             text        NOT NULL,
     ids               bigint[]    NOT NULL,
     started_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The replayer's own clock (ms), which also stamps the messages it publishes.
+    started_ms        bigint      NOT NULL,
+    heartbeat_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     completed_at      timestamptz
 );
 "#;
+
+/// Delivery timeout of the replay producer: after its last heartbeat a replayer
+/// can have messages in flight for at most this long (plus the heartbeat period).
+const REPLAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a replayer proves it is alive while publishing.
+const REPLAY_HEARTBEAT: Duration = Duration::from_secs(1);
+/// A pending replay whose heartbeat is older than this is settled.
+const REPLAY_SETTLE_AFTER_S: f64 = 45.0;
 
 /// `consumer replay-dead-letters`.
 ///
@@ -447,7 +477,7 @@ CREATE TABLE IF NOT EXISTS pipeline_replays (
 /// whose ids appear under its header are marked replayed, the others stay unreplayed
 /// and are selected again.
 async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
-    let table = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
+    let spelled = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
     let topic = args
         .to_topic
         .clone()
@@ -455,9 +485,16 @@ async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
     let (mut client, _) =
         postgres::connect_existing(&config.database_url, config.connect_timeout).await?;
     client.batch_execute(REPLAYS_DDL).await.map_err(pg_err)?;
+    // One name per table however it is spelled (`dead_letters`, `public.dead_letters`).
+    let table: String = client
+        .query_one("SELECT to_regclass($1)::text", &[&spelled])
+        .await
+        .map_err(pg_err)?
+        .get::<_, Option<String>>(0)
+        .ok_or_else(|| Error::Config(format!("no dead-letter table {spelled}")))?;
     let lock: bool = client
         .query_one(
-            "SELECT pg_try_advisory_lock(hashtext('replay:' || $1)::bigint)",
+            "SELECT pg_try_advisory_lock(hashtext('replay:' || to_regclass($1)::oid::text)::bigint)",
             &[&table],
         )
         .await
@@ -478,29 +515,41 @@ async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
     let mut producer_config = kafka.clone();
     producer_config
         .set("enable.idempotence", "true")
-        .set("acks", "all");
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            REPLAY_DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
     let producer: FutureProducer = producer_config
         .create()
         .map_err(kafka_err("replay producer"))?;
     let timeout = config.connect_timeout.max(Duration::from_secs(10));
 
-    // Settle what an interrupted run left pending. Its process is gone (it held the
-    // lock taken above until its session ended), so nothing of it is still in flight.
+    // Settle what an interrupted run left pending. Its session is gone (it held the
+    // lock taken above); once its heartbeat is older than its delivery timeout, none
+    // of its messages can still be in flight, so the topic tells what it published.
     let pending = client
         .query(
-            "SELECT replay_id, topic, ids, extract(epoch FROM started_at)::float8 * 1000
+            "SELECT replay_id, topic, ids, started_ms,
+                    extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
              FROM pipeline_replays WHERE dead_letter_table = $1 AND completed_at IS NULL",
             &[&table],
         )
         .await
         .map_err(pg_err)?;
     for row in pending {
-        let (id, replay_topic, ids, started_ms): (Uuid, String, Vec<i64>, f64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (id, replay_topic, ids, started_ms, silent_s): (Uuid, String, Vec<i64>, i64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if silent_s < REPLAY_SETTLE_AFTER_S {
+            return Err(Error::Config(format!(
+                "replay {id} was interrupted {silent_s:.0} s ago and its messages may still be in \
+                 flight: run again in {:.0} s",
+                REPLAY_SETTLE_AFTER_S - silent_s
+            )));
+        }
         let base = kafka.clone();
         let found =
-            blocking(move || published_by(&base, &replay_topic, id, started_ms as i64, timeout))
-                .await?;
+            blocking(move || published_by(&base, &replay_topic, id, started_ms, timeout)).await?;
         let published: Vec<i64> = ids.iter().copied().filter(|i| found.contains(i)).collect();
         finish_replay(&mut client, &table, id, &published).await?;
         println!(
@@ -544,16 +593,38 @@ async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         return Ok(());
     }
     let replay_id = Uuid::now_v7();
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     client
         .execute(
-            "INSERT INTO pipeline_replays (replay_id, dead_letter_table, topic, ids) VALUES ($1, $2, $3, $4)",
-            &[&replay_id, &table, &topic, &ids],
+            "INSERT INTO pipeline_replays (replay_id, dead_letter_table, topic, ids, started_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&replay_id, &table, &topic, &ids, &started_ms],
         )
         .await
         .map_err(pg_err)?;
+    let mut beat = std::time::Instant::now();
     let replay = replay_id.to_string();
     let mut deliveries = Vec::with_capacity(rows.len());
     for r in &rows {
+        // Publish only while our session (and so our lock) provably lives: a
+        // settling run waits for our heartbeat to be old enough.
+        if client.is_closed() || beat.elapsed() >= REPLAY_HEARTBEAT {
+            client
+                .execute(
+                    "UPDATE pipeline_replays SET heartbeat_at = clock_timestamp() WHERE replay_id = $1",
+                    &[&replay_id],
+                )
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "replay {replay_id} interrupted: lost PostgreSQL ({}); run again to settle it",
+                        postgres::reason(&e)
+                    ))
+                })?;
+            beat = std::time::Instant::now();
+        }
         let (id, key, payload): (i64, Option<Vec<u8>>, Option<Vec<u8>>) =
             (r.get(0), r.get(1), r.get(2));
         let id_text = id.to_string();
@@ -634,6 +705,7 @@ fn published_by(
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create().map_err(kafka_err("replay check"))?;
     let metadata = consumer
@@ -642,27 +714,43 @@ fn published_by(
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
+        .filter(|t| t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
+    if partitions.is_empty() {
+        // Reading nothing would say "nothing was published": refuse instead.
+        return Err(Error::KafkaRuntime(format!(
+            "cannot read topic {topic:?} to settle replay {replay}"
+        )));
+    }
     let mut by_time = TopicPartitionList::new();
     for p in &partitions {
         let _ = by_time.add_partition_offset(topic, *p, Offset::Offset(started_ms - 60_000));
     }
     let mut start = TopicPartitionList::new();
     let found = consumer.offsets_for_times(by_time, timeout).ok();
+    let mut ended: HashMap<i32, bool> = HashMap::new();
     for p in &partitions {
-        let offset = found
-            .as_ref()
-            .and_then(|f| f.find_partition(topic, *p))
-            .map(|e| e.offset())
-            .filter(|o| matches!(o, Offset::Offset(_)))
-            .unwrap_or(Offset::Beginning);
+        let entry = found.as_ref().and_then(|f| f.find_partition(topic, *p));
+        let offset = match entry {
+            Some(e) if e.error().is_ok() => match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                // Nothing at or after that time: nothing of the replay there.
+                Offset::End => continue,
+                _ => Offset::Beginning,
+            },
+            // The broker cannot look up by time: read the whole partition.
+            _ => Offset::Beginning,
+        };
         let _ = start.add_partition_offset(topic, *p, offset);
+        ended.insert(*p, false);
+    }
+    if ended.is_empty() {
+        return Ok(Default::default());
     }
     consumer.assign(&start).map_err(kafka_err("assign"))?;
     let replay = replay.to_string();
     let mut ids = std::collections::HashSet::new();
-    let mut ended: HashMap<i32, bool> = partitions.iter().map(|p| (*p, false)).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     while ended.values().any(|e| !e) {
         if std::time::Instant::now() > deadline {

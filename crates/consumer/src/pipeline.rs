@@ -38,6 +38,9 @@ use crate::transform::Transform;
 /// and short enough that a rebalance waits at most this long for us.
 const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(3);
 
+/// How often gauges and readiness are refreshed while nothing else happens.
+const OBSERVE_EVERY: Duration = Duration::from_secs(1);
+
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -264,6 +267,9 @@ impl LoopState<'_> {
         summary: &mut RunSummary,
     ) -> Result<(), Error> {
         let mut batch = Collecting::new();
+        // Wakes an idle loop so that gauges and readiness stay fresh.
+        let mut tick = tokio::time::interval(OBSERVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -295,6 +301,7 @@ impl LoopState<'_> {
                 () = tokio::time::sleep_until(wake.into()),
                     if records > 0 || self.config.available_now => {}
                 m = self.consumer.recv() => self.take(&mut batch, m)?,
+                _ = tick.tick() => {}
             }
         }
     }
@@ -467,6 +474,11 @@ impl LoopState<'_> {
         let generation = self.generation;
         let mut paused: Option<TopicPartitionList> = None;
         let mut full_since: Option<Instant> = None;
+        // Pausing was attempted for the current assignment (whether it worked or
+        // not: a failed pause goes back to polling rather than spinning).
+        let mut pause_tried = false;
+        let mut tick = tokio::time::interval(OBSERVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let write_started = Instant::now();
         let retries = self.metrics.postgres_retries.clone();
         let outcome = {
@@ -479,20 +491,30 @@ impl LoopState<'_> {
             );
             tokio::pin!(attempt);
             loop {
-                let holding = paused.is_none() && full_since.is_some();
+                let holding = !pause_tried && full_since.is_some();
                 let pause_at = full_since.unwrap_or_else(Instant::now) + HOLD_BEFORE_PAUSE;
                 tokio::select! {
                     biased;
                     outcome = &mut attempt => break outcome,
                     () = tokio::time::sleep_until(pause_at.into()), if holding => {
                         paused = self.pause();
+                        pause_tried = true;
                     }
                     m = self.consumer.recv(), if !holding => {
+                        let seen = self.generation;
                         self.take(&mut next, m)?;
+                        if self.generation != seen {
+                            // A rebalance: `next` was reset and the new assignment is
+                            // not paused; hold (and pause) afresh when it fills.
+                            full_since = None;
+                            paused = None;
+                            pause_tried = false;
+                        }
                         if full_since.is_none() && next.full(self.config) {
                             full_since = Some(Instant::now());
                         }
                     }
+                    _ = tick.tick() => self.observe(false),
                 }
             }
         };
@@ -537,9 +559,11 @@ impl LoopState<'_> {
                 if self.generation != generation {
                     // Partitions were re-assigned while we wrote, positioned at offsets
                     // read before this commit landed: what `next` holds may overlap the
-                    // batch just committed. Drop it; the replay that follows is skipped
-                    // below the committed offsets.
+                    // batch just committed. Drop it, and seek every owned partition back
+                    // to what PostgreSQL now holds: librdkafka's fetch position is past
+                    // what `next` held, and those records must be read again.
                     next = Collecting::new();
+                    self.seek_to_stored(sinks.pg, stop).await;
                 }
                 self.commit_to_kafka(&advances);
                 let elapsed = started.elapsed();
@@ -606,9 +630,8 @@ impl LoopState<'_> {
             .keys()
             .map(|p| {
                 let stored = self.committed.get(p).copied().flatten();
-                let high = source::cached_watermarks(self.consumer, &self.config.topic, *p)
-                    .map(|(_, h)| h);
-                (*p, (stored, high))
+                let marks = source::cached_watermarks(self.consumer, &self.config.topic, *p);
+                (*p, (stored, marks))
             })
             .collect();
         self.metrics.partitions(&owned);
@@ -626,6 +649,12 @@ impl LoopState<'_> {
         if self.sync_generation() {
             return;
         }
+        self.seek_to_stored(pg, stop).await;
+    }
+
+    /// Seeks every owned partition to the offset PostgreSQL holds for it (or the
+    /// starting position when it holds none).
+    async fn seek_to_stored(&mut self, pg: &mut PgSink, stop: &CancellationToken) {
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
         let max = self.config.max_retry_backoff;
         let Some(stored) = retry("reading stored offsets", stop, max, async || {

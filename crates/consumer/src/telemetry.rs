@@ -49,6 +49,11 @@ pub struct Metrics {
     pub postgres_retries: Counter,
     topic: String,
     refreshed: Instant,
+    /// Unix time of the last commit, re-set on every refresh (gauges not set for a
+    /// while vanish from `/metrics`).
+    last_commit: Option<f64>,
+    /// Partitions reported on the last refresh.
+    reported: std::collections::HashSet<i32>,
 }
 
 impl Metrics {
@@ -69,6 +74,8 @@ impl Metrics {
             postgres_retries: counter!(POSTGRES_RETRIES),
             topic: topic.to_string(),
             refreshed: Instant::now() - Duration::from_secs(60),
+            last_commit: None,
+            reported: Default::default(),
         }
     }
 
@@ -78,10 +85,11 @@ impl Metrics {
         }
     }
 
-    pub fn committed_now(&self) {
+    pub fn committed_now(&mut self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        self.last_commit = Some(now);
         gauge!(LAST_COMMIT).set(now);
     }
 
@@ -94,23 +102,33 @@ impl Metrics {
         false
     }
 
-    /// Per owned partition: the offset PostgreSQL holds, the high watermark last
-    /// seen in a fetch response, and the difference.
-    pub fn partitions(&self, owned: &HashMap<i32, (Option<i64>, Option<i64>)>) {
+    /// Per owned partition: the offset PostgreSQL holds, the partition's watermarks
+    /// as last seen in a fetch response, and the lag. Partitions owned at the last
+    /// refresh but not now report a lag of 0 (their new owner reports theirs), so a
+    /// sum over consumers stays right through a rebalance.
+    pub fn partitions(&mut self, owned: &HashMap<i32, (Option<i64>, Option<(i64, i64)>)>) {
+        common::telemetry::build_info("users_pipeline_consumer", env!("CARGO_PKG_VERSION"));
+        if let Some(t) = self.last_commit {
+            gauge!(LAST_COMMIT).set(t);
+        }
         gauge!(ASSIGNED_PARTITIONS).set(owned.len() as f64);
-        for (p, (stored, high)) in owned {
-            let labels = [("topic", self.topic.clone()), ("partition", p.to_string())];
+        let labels = |p: i32| [("topic", self.topic.clone()), ("partition", p.to_string())];
+        for p in self.reported.iter().filter(|p| !owned.contains_key(p)) {
+            gauge!(LAG, &labels(*p)).set(0.0);
+        }
+        for (p, (stored, marks)) in owned {
+            let labels = labels(*p);
             if let Some(s) = stored {
                 gauge!(STORED_OFFSET, &labels).set(*s as f64);
             }
-            if let Some(h) = high {
-                gauge!(HIGH_WATERMARK, &labels).set(*h as f64);
-                // Nothing stored yet: everything from the log start is lag; the
-                // high watermark is the honest upper bound.
-                let lag = (h - stored.unwrap_or(0)).max(0);
+            if let Some((low, high)) = marks {
+                gauge!(HIGH_WATERMARK, &labels).set(*high as f64);
+                // Nothing stored yet: everything from the log start is still to read.
+                let lag = (high - stored.unwrap_or(*low)).max(0);
                 gauge!(LAG, &labels).set(lag as f64);
             }
         }
+        self.reported = owned.keys().copied().collect();
     }
 }
 

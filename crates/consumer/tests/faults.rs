@@ -119,6 +119,13 @@ async fn two_consumers_in_one_group_split_the_partitions_exactly_once() {
     let args = ["--max-batch-records", "400", "--trigger-interval", "100ms"];
     let mut a = s.spawn(&args, "a");
     let mut b = s.spawn(&args, "b");
+    // Once both have been assigned partitions, the group's current generation holds
+    // both: what is published from now on is split between them.
+    testkit::eventually("both consumers joined", Duration::from_secs(60), || async {
+        (s.log("a").contains("Partitions assigned.") && s.log("b").contains("Partitions assigned."))
+            .then_some(())
+    })
+    .await;
     s.publish(&events[2_000..]).await;
     let expected_ids = support::latest_by_id(&events).len() as i64;
     let total = events.len() as i64;
@@ -142,4 +149,91 @@ async fn two_consumers_in_one_group_split_the_partitions_exactly_once() {
         .count("SELECT sum(records)::bigint FROM pipeline_batches")
         .await;
     assert_eq!(records, total);
+}
+
+/// A rebalance while a batch's transaction is blocked: the consumer that keeps a
+/// partition has already fetched past the batch (into the next one, which it must
+/// drop), so after the commit it must read from the stored offset again, or the
+/// records between the batch's end and its fetch position would be lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_during_a_blocked_write_loses_nothing() {
+    let s = Scenario::new(2).await;
+    let events: Vec<_> = Generator::new(61).take(3_000).collect();
+    let args = ["--max-batch-records", "300", "--trigger-interval", "200ms"];
+    let mut a = s.spawn(&args, "a");
+    testkit::eventually(
+        "A joined and made its tables",
+        Duration::from_secs(30),
+        || async {
+            (s.log("a").contains("Partitions assigned.")
+                && s.try_count("SELECT count(*) FROM pipeline_offsets")
+                    .await
+                    .is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    // Writes to the offset store wait behind this lock; reads (the assignment's
+    // offset lookup) do not.
+    let mut blocker = testkit::connect(&s.db_url).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE pipeline_offsets IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // A small first batch (closed by the trigger interval) blocks; then plenty more,
+    // so that what A reads again after the rebalance reaches past that batch's end.
+    s.publish(&events[..100]).await;
+    testkit::eventually("A's first batch is blocked", Duration::from_secs(30), || async {
+        s.count(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'pipeline_offsets'::regclass",
+        )
+        .await
+        .gt(&0)
+        .then_some(())
+    })
+    .await;
+    // The rebalance comes while A polls for its next batch (not yet full, so not
+    // paused): A's re-assigned partition is read again from the stored offset...
+    let mut b = s.spawn(&args, "b");
+    testkit::eventually("both rebalanced", Duration::from_secs(60), || async {
+        (s.log("a").matches("Partitions assigned.").count() >= 2
+            && s.log("b").contains("Partitions assigned."))
+        .then_some(())
+    })
+    .await;
+    // ...and past the blocked batch's end: A's next batch fills up (then holds, then
+    // pauses) while the first is still blocked.
+    s.publish(&events[100..]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tx.commit().await.unwrap();
+
+    let total = events.len() as i64;
+    let expected_ids = support::latest_by_id(&events).len() as i64;
+    testkit::eventually(
+        "every record committed",
+        Duration::from_secs(90),
+        || async {
+            let records = s
+                .try_count("SELECT coalesce(sum(records), 0)::bigint FROM pipeline_batches")
+                .await?;
+            let stored: i64 = s.stored_offsets().await.values().sum();
+            (records >= total
+                && stored == total
+                && s.count("SELECT count(*) FROM users").await == expected_ids)
+                .then_some(())
+        },
+    )
+    .await;
+    signal(&a, "TERM");
+    signal(&b, "TERM");
+    assert!(a.wait().unwrap().success(), "{}", s.log("a"));
+    assert!(b.wait().unwrap().success(), "{}", s.log("b"));
+    s.assert_exactly_once(&events, 0).await;
+    let records = s
+        .count("SELECT sum(records)::bigint FROM pipeline_batches")
+        .await;
+    assert_eq!(
+        records, total,
+        "every record in exactly one committed batch"
+    );
 }

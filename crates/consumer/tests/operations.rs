@@ -511,9 +511,14 @@ async fn an_interrupted_replay_is_settled_from_the_topic() {
         "{check:?}"
     );
     let replay = uuid::Uuid::now_v7();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     s.db.execute(
-        "INSERT INTO pipeline_replays (replay_id, dead_letter_table, topic, ids) VALUES ($1, $2, $3, $4)",
-        &[&replay, &"\"dead_letters\"", &s.topic, &ids],
+        "INSERT INTO pipeline_replays (replay_id, dead_letter_table, topic, ids, started_ms)
+         VALUES ($1, 'dead_letters', $2, $3, $4)",
+        &[&replay, &s.topic, &ids, &now_ms],
     )
     .await
     .unwrap();
@@ -543,6 +548,19 @@ async fn an_interrupted_replay_is_settled_from_the_topic() {
         .await
         .unwrap();
 
+    // Its heartbeat is fresh: its messages could still be in flight, so no verdict.
+    let early = run_command(&s, &["replay-dead-letters"]);
+    assert!(!early.status.success(), "{early:?}");
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("may still be in flight"),
+        "{early:?}"
+    );
+    s.db.execute(
+        "UPDATE pipeline_replays SET heartbeat_at = clock_timestamp() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
     let out = run_command(&s, &["replay-dead-letters"]);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);

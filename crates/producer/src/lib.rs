@@ -163,7 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         Err(join) => return Err(Error::BadSource(join.to_string())),
     };
     Ok(publisher
-        .finish(sent, bad_input, started.elapsed(), config.flush_timeout)
+        .finish(sent, bad_input, started, config.flush_timeout)
         .await)
 }
 

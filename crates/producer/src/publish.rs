@@ -135,10 +135,12 @@ impl Publisher {
         self,
         sent: u64,
         bad_input: u64,
-        elapsed: Duration,
+        started: std::time::Instant,
         timeout: Duration,
     ) -> Summary {
         self.flush(timeout).await;
+        // The rate counts until the last acknowledgement, not the last hand-over.
+        let elapsed = started.elapsed();
         let unknown = self.producer.in_flight_count().max(0) as u64;
         let summary = Summary {
             sent,

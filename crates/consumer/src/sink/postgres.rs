@@ -171,8 +171,19 @@ impl PgSink {
                     reason: e.reason(),
                 })?;
             stage_table(&client, &self.target).await?;
+            // The old session may linger on the server for a while (a half-open
+            // connection) still holding our instance lock: wait a bounded time and
+            // let the caller's backoff try again, rather than hang here.
+            client
+                .batch_execute("SET lock_timeout = '5s'")
+                .await
+                .map_err(|e| PgError::db(&e))?;
             lock_instance(&client, self.instance).await?;
             lock_group(&client, &self.target.group).await?;
+            client
+                .batch_execute("RESET lock_timeout")
+                .await
+                .map_err(|e| PgError::db(&e))?;
             info!(message = "Reconnected to PostgreSQL.", target = %self.display);
             self.client = Some(client);
         }
@@ -532,7 +543,10 @@ pub async fn plan_table(
             "SELECT 1 FROM pg_index i
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
              WHERE i.indrelid = to_regclass($1) AND i.indisunique
-               AND i.indnkeyatts = 1 AND a.attname = $2",
+               AND i.indnkeyatts = 1 AND a.attname = $2
+               -- ON CONFLICT (key) can only use a plain, valid, immediate index.
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND i.indimmediate AND i.indisvalid",
             &[&target.table, &unquote(&target.key)],
         )
         .await
