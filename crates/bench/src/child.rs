@@ -1,10 +1,11 @@
 //! Runs the pipeline's own binaries as child processes and measures them from the
-//! outside: wall time, CPU seconds and peak RSS from `wait4`'s resource usage (the
-//! kernel's figures, not a sample), and when a given log line first appeared.
+//! outside: wall time and CPU seconds from `wait4`'s resource usage, peak RSS from
+//! the kernel's high-water mark (`VmHWM`), and when a given log line first appeared.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ pub struct Running {
     log: Arc<Mutex<Log>>,
     name: String,
     reaped: bool,
+    peak: Arc<AtomicU64>,
 }
 
 impl Drop for Running {
@@ -58,6 +60,28 @@ pub fn spawn(bin_dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Runni
         .with_context(|| format!("cannot start {}", path.display()))?;
     let started = Instant::now();
     let log = Arc::new(Mutex::new(Log::default()));
+    // Peak RSS from /proc/<pid>/status VmHWM, sampled until the process is gone.
+    // (wait4's ru_maxrss would count the pages the child shared with this big
+    // process between fork and exec, and report this process's size instead.)
+    let peak = Arc::new(AtomicU64::new(0));
+    {
+        let (peak, status) = (peak.clone(), format!("/proc/{}/status", child.id()));
+        std::thread::spawn(move || {
+            while let Ok(text) = std::fs::read_to_string(&status) {
+                if text.contains("State:\tZ") {
+                    break;
+                }
+                if let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb * 1024, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    }
     for pipe in [
         child
             .stdout
@@ -87,6 +111,7 @@ pub fn spawn(bin_dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Runni
         log,
         name: bin.to_string(),
         reaped: false,
+        peak,
     })
 }
 
@@ -190,8 +215,7 @@ impl Running {
                     code,
                     wall,
                     cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-                    // ru_maxrss is in kilobytes on Linux.
-                    peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+                    peak_rss_bytes: self.peak.load(Ordering::Relaxed),
                     log: self.lines(""),
                 });
             }

@@ -37,6 +37,10 @@ pub fn dead_letter_reason(stage: &str) -> &'static str {
     }
 }
 
+/// One owned partition: the next offset PostgreSQL holds, and the low and high
+/// watermarks last seen in a fetch response.
+pub type PartitionState = (Option<i64>, Option<(i64, i64)>);
+
 /// Handles of the consumer's metrics.
 pub struct Metrics {
     pub records: Counter,
@@ -106,7 +110,7 @@ impl Metrics {
     /// as last seen in a fetch response, and the lag. Partitions owned at the last
     /// refresh but not now report a lag of 0 (their new owner reports theirs), so a
     /// sum over consumers stays right through a rebalance.
-    pub fn partitions(&mut self, owned: &HashMap<i32, (Option<i64>, Option<(i64, i64)>)>) {
+    pub fn partitions(&mut self, owned: &HashMap<i32, PartitionState>) {
         common::telemetry::build_info("users_pipeline_consumer", env!("CARGO_PKG_VERSION"));
         if let Some(t) = self.last_commit {
             gauge!(LAST_COMMIT).set(t);

@@ -1,0 +1,62 @@
+//! The benchmark itself runs end to end on a small load and writes complete,
+//! self-consistent figures (no timing is asserted: the figures are for people).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn a_small_benchmark_run_writes_consistent_figures() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let bin_dir = bench.parent().expect("target dir").to_path_buf();
+    for bin in ["producer", "consumer"] {
+        assert!(
+            bin_dir.join(bin).is_file(),
+            "{bin} not built in {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            bin_dir.display()
+        );
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let output = Command::new(&bench)
+        .args(["--brokers", &testkit::brokers()])
+        .args(["--database-url", &testkit::database_url()])
+        .args([
+            "--events",
+            "3000",
+            "--batch-records",
+            "500",
+            "--partitions",
+            "2",
+        ])
+        .args(["--latency-rate", "400", "--latency-duration", "3s"])
+        .args(["--bin-dir", bin_dir.to_str().unwrap()])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("| Consumer end to end"), "{table}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["events"], 3000);
+    assert_eq!(r["raw_consume"]["count"], 3000);
+    assert_eq!(r["raw_produce"]["count"], 3000);
+    assert_eq!(r["consumer"]["records"], 3000);
+    // The same events went through the limit run and the pipeline: same rows.
+    assert!(r["consumer"]["rows_written"].as_u64().unwrap() > 2000);
+    assert_eq!(r["consumer"]["csv_rows"], r["consumer"]["rows_written"]);
+    let messages = r["latency"]["percentiles"]["messages"].as_u64().unwrap();
+    assert!(messages >= 1000, "latency over {messages} messages");
+    let (p50, p99) = (
+        r["latency"]["percentiles"]["p50_ms"].as_f64().unwrap(),
+        r["latency"]["percentiles"]["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    for rate in ["raw_consume", "pg_write", "raw_produce"] {
+        assert!(r[rate]["seconds"].as_f64().unwrap() > 0.0, "{rate}");
+    }
+    assert!(r["consumer"]["peak_rss_mb"].as_f64().unwrap() > 1.0);
+}
