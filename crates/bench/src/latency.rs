@@ -28,6 +28,18 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
+/// Messages of the first seconds are also reported apart: they wait for the
+/// consumer's first fetch of the new partitions (about a second on tansu), which
+/// is start-up, not the steady state.
+pub const WARM_UP_MS: i64 = 5_000;
+
+/// Latency over every message, and over those after the warm-up.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Measured {
+    pub all: Percentiles,
+    pub steady: Percentiles,
+}
+
 /// A committed batch's range in one partition: `[from, until)` committed at `at_ms`.
 struct Range {
     from: i64,
@@ -114,13 +126,15 @@ pub async fn measure(
     topic: &str,
     partitions: i32,
     expected: u64,
-) -> anyhow::Result<Percentiles> {
+) -> anyhow::Result<Measured> {
     let ranges = ranges(client, group, topic).await?;
     let (base, topic_owned) = (base.clone(), topic.to_string());
     let stamps =
         tokio::task::spawn_blocking(move || timestamps(&base, &topic_owned, partitions, expected))
             .await??;
+    let first_ts = stamps.iter().map(|s| s.2).min().unwrap_or(0);
     let mut latencies = Vec::with_capacity(stamps.len());
+    let mut steady = Vec::with_capacity(stamps.len());
     for (p, offset, ts) in stamps {
         let range = ranges.get(&p).and_then(|v| {
             let i = v.partition_point(|r| r.from <= offset);
@@ -129,9 +143,16 @@ pub async fn measure(
         let Some(range) = range else {
             bail!("message {p}:{offset} is in no committed batch");
         };
-        latencies.push(range.at_ms - ts as f64);
+        let latency = range.at_ms - ts as f64;
+        latencies.push(latency);
+        if ts >= first_ts + WARM_UP_MS {
+            steady.push(latency);
+        }
     }
-    Ok(percentiles(latencies))
+    Ok(Measured {
+        all: percentiles(latencies),
+        steady: percentiles(steady),
+    })
 }
 
 /// Nearest-rank percentiles.
