@@ -34,6 +34,16 @@ fn publish_in_background(
     events: Vec<UserEvent>,
     bad: usize,
 ) -> tokio::task::JoinHandle<()> {
+    publish_paced(s, events, bad, Duration::from_millis(150))
+}
+
+/// Publishes in chunks of 2,500 (and a share of the bad messages), `pause` apart.
+fn publish_paced(
+    s: &Scenario,
+    events: Vec<UserEvent>,
+    bad: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
     let (brokers, topic) = (s.brokers.clone(), s.topic.clone());
     tokio::spawn(async move {
         let records: Vec<testkit::Record> = events
@@ -54,7 +64,7 @@ fn publish_in_background(
                 })
                 .collect();
             testkit::produce_on(&brokers, &topic, &junk, None).await;
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(pause).await;
         }
     })
 }
@@ -78,6 +88,20 @@ async fn wait_for_progress(s: &Scenario, beyond: i64) -> i64 {
     testkit::eventually("a committed batch", Duration::from_secs(90), || async {
         let n = batches(s).await;
         (n > beyond).then_some(n)
+    })
+    .await
+}
+
+/// Like `wait_for_progress`, but `None` once every record is committed (a consumer
+/// that has caught up commits nothing new).
+async fn wait_for_progress_or_done(s: &Scenario, beyond: i64, total: i64) -> Option<i64> {
+    testkit::eventually("a committed batch", Duration::from_secs(90), || async {
+        let n = batches(s).await;
+        if n > beyond {
+            return Some(Some(n));
+        }
+        let stored: i64 = s.stored_offsets().await.values().sum();
+        (stored == total).then_some(None)
     })
     .await
 }
@@ -116,7 +140,10 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     let s = Scenario::new(3).await;
     let events: Vec<_> = Generator::new(61).take(50_000).collect();
     let bad = 50;
-    let publisher = publish_in_background(&s, events.clone(), bad);
+    // Paced so that the stream outlasts the kill rounds: the consumer drains a
+    // backlog in a second or two, and a round needs fresh records to commit.
+    let publisher = publish_paced(&s, events.clone(), bad, Duration::from_millis(1_500));
+    let total = (events.len() + bad) as i64;
     let args = [
         &["--max-batch-records", "1000", "--trigger-interval", "50ms"][..],
         &FAST_REJOIN,
@@ -126,7 +153,13 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     for round in 0..10 {
         let child = s.spawn(&args, &format!("crash{round}"));
         restarts += 1;
-        wait_for_progress(&s, seen).await;
+        if wait_for_progress_or_done(&s, seen, total).await.is_none() {
+            // Everything is committed already: nothing left to interrupt.
+            signal(&child, "KILL");
+            let mut child = child;
+            let _ = child.wait();
+            break;
+        }
         let pause = rand::rng().random_range(0..400);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         signal(&child, "KILL");
@@ -137,7 +170,9 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     }
     let child = s.spawn(&args, "term");
     restarts += 1;
-    seen = wait_for_progress(&s, seen).await;
+    seen = wait_for_progress_or_done(&s, seen, total)
+        .await
+        .unwrap_or(seen);
     stop(child, &s, "term");
     publisher.await.unwrap();
     let out = s.run_available_now(&args);
