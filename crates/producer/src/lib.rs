@@ -127,26 +127,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             publisher.send(&event).await?;
             sent += 1;
             sent_total.increment(1);
-        }
-        if let Some(bar) = &bar {
-            bar.set_position(sent);
-            let failed = publisher.failed();
-            if failed > 0 {
-                bar.set_message(format!("{failed} failed"));
+            // Per event, not per chunk: at a low --rate a chunk takes minutes.
+            if last_log.elapsed() >= PROGRESS_TICK.min(config.progress_interval) {
+                report_progress(
+                    &bar,
+                    &publisher,
+                    sent,
+                    started,
+                    &mut last_log,
+                    config.progress_interval,
+                );
             }
         }
         if limit.count.is_some_and(|c| sent >= c) {
             break;
-        }
-        if bar.is_none() && last_log.elapsed() >= config.progress_interval {
-            last_log = Instant::now();
-            info!(
-                message = "Publishing.",
-                sent,
-                delivered = publisher.delivered(),
-                failed = publisher.failed(),
-                events_per_s = format!("{:.0}", sent as f64 / started.elapsed().as_secs_f64())
-            );
         }
     }
     drop(rx);
@@ -165,6 +159,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     Ok(publisher
         .finish(sent, bad_input, started, config.flush_timeout)
         .await)
+}
+
+/// How often the progress bar is redrawn.
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// Redraws the bar, or logs a progress line once `interval` has passed.
+fn report_progress(
+    bar: &Option<indicatif::ProgressBar>,
+    publisher: &publish::Publisher,
+    sent: u64,
+    started: Instant,
+    last: &mut Instant,
+    interval: Duration,
+) {
+    match bar {
+        Some(bar) => {
+            *last = Instant::now();
+            bar.set_position(sent);
+            let failed = publisher.failed();
+            if failed > 0 {
+                bar.set_message(format!("{failed} failed"));
+            }
+        }
+        None if last.elapsed() >= interval => {
+            *last = Instant::now();
+            info!(
+                message = "Publishing.",
+                sent,
+                delivered = publisher.delivered(),
+                failed = publisher.failed(),
+                events_per_s = format!("{:.0}", sent as f64 / started.elapsed().as_secs_f64())
+            );
+        }
+        None => {}
+    }
 }
 
 /// A progress bar on stderr when it is a terminal and the count is known (or when

@@ -260,3 +260,63 @@ fn unreachable_randomuser_api_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// `--metrics-addr`: the producer's counters while it publishes, `--progress log`
+/// lines when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_metrics_while_publishing() {
+    let topic = testkit::unique("produce_metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .args(["--brokers", &testkit::brokers(), "--topic", &topic])
+        .args([
+            "--rate",
+            "200",
+            "--duration",
+            "60s",
+            "--metrics-addr",
+            &addr,
+        ])
+        .args(["--progress-interval", "1s"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/metrics");
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    let page = testkit::eventually("deliveries counted", Duration::from_secs(30), || async {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        (value(&text, "users_pipeline_producer_events_delivered_total")? >= 400.0).then_some(text)
+    })
+    .await;
+    let sent = value(&page, "users_pipeline_producer_events_sent_total").unwrap();
+    let delivered = value(&page, "users_pipeline_producer_events_delivered_total").unwrap();
+    assert!(sent >= delivered, "sent {sent} delivered {delivered}");
+    assert_eq!(
+        value(&page, "users_pipeline_producer_events_failed_total"),
+        Some(0.0)
+    );
+    assert!(
+        page.contains("users_pipeline_producer_build_info"),
+        "{page}"
+    );
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    // Not a terminal: periodic log lines instead of a progress bar.
+    assert!(
+        text(&out.stderr).contains("Publishing."),
+        "{}",
+        text(&out.stderr)
+    );
+}
