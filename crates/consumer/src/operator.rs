@@ -20,8 +20,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::config::{Command, Config, ReplayArgs, ResetArgs};
 use crate::sink::postgres::{self, PgError, Target};
-use crate::sink::{self, column_ident, table_ident};
-use crate::transform::Transform;
+use crate::sink::table_ident;
 
 /// Header naming the replay a re-published dead letter belongs to.
 pub const REPLAY_HEADER: &str = "users-pipeline-replay";
@@ -170,17 +169,13 @@ async fn status(config: &Config) -> Result<(), Error> {
 
 /// `consumer validate`.
 async fn validate(config: &Config) -> Result<(), Error> {
-    let table = table_ident(&config.table).map_err(Error::Config)?;
-    let dead_letter_table = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
-    let key = column_ident(&config.key_column).map_err(Error::Config)?;
-    let transform = Transform::new(&config.sql()?).await?;
-    let columns = sink::columns(&transform.output_schema()).map_err(Error::Config)?;
-    if !columns.iter().any(|c| c.name == config.key_column) {
-        return Err(Error::Config(format!(
-            "the transform's output has no key column {:?}",
-            config.key_column
-        )));
-    }
+    let crate::pipeline::Checked {
+        table,
+        dead_letter_table,
+        key,
+        columns,
+        ..
+    } = crate::pipeline::check(config).await?;
     println!(
         "ok: transform SQL plans; output columns: {}",
         columns

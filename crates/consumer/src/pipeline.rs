@@ -69,9 +69,18 @@ pub async fn run(
     result
 }
 
-async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
-    let started = Instant::now();
-    // Everything that can be checked without a service comes first.
+/// What the configuration gives once checked without any service: identifiers
+/// validated and quoted, the transform planned, the output columns.
+pub(crate) struct Checked {
+    pub table: String,
+    pub dead_letter_table: String,
+    pub key: String,
+    pub transform: Transform,
+    pub columns: Vec<sink::Column>,
+}
+
+/// Checks names and plans the SQL; shared by the pipeline and `consumer validate`.
+pub(crate) async fn check(config: &Config) -> Result<Checked, Error> {
     let table = table_ident(&config.table).map_err(Error::Config)?;
     let dead_letter_table = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
     let key = column_ident(&config.key_column).map_err(Error::Config)?;
@@ -89,6 +98,25 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
                 .join(", ")
         )));
     }
+    Ok(Checked {
+        table,
+        dead_letter_table,
+        key,
+        transform,
+        columns,
+    })
+}
+
+async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
+    let started = Instant::now();
+    // Everything that can be checked without a service comes first.
+    let Checked {
+        table,
+        dead_letter_table,
+        key,
+        transform,
+        columns,
+    } = check(&config).await?;
     let instance = Uuid::new_v4();
     let csv = CsvSink::open(&config.output_dir, instance)?;
     let readiness = Readiness::new(&config)?;

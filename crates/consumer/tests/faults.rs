@@ -117,8 +117,8 @@ async fn two_consumers_in_one_group_split_the_partitions_exactly_once() {
     let events: Vec<_> = Generator::new(51).take(8_000).collect();
     s.publish(&events[..2_000]).await;
     let args = ["--max-batch-records", "400", "--trigger-interval", "100ms"];
-    let mut a = s.spawn(&args, "a");
-    let mut b = s.spawn(&args, "b");
+    let a = s.spawn(&args, "a");
+    let b = s.spawn(&args, "b");
     // Once both have been assigned partitions, the group's current generation holds
     // both: what is published from now on is split between them.
     testkit::eventually("both consumers joined", Duration::from_secs(60), || async {
@@ -135,20 +135,13 @@ async fn two_consumers_in_one_group_split_the_partitions_exactly_once() {
             .then_some(())
     })
     .await;
-    signal(&a, "TERM");
-    signal(&b, "TERM");
-    assert!(a.wait().unwrap().success(), "{}", s.log("a"));
-    assert!(b.wait().unwrap().success(), "{}", s.log("b"));
+    stop_both(&s, a, b);
     let (log_a, log_b) = (s.log("a"), s.log("b"));
     assert!(
         log_a.contains("Batch committed.") && log_b.contains("Batch committed."),
         "both worked:\nA:\n{log_a}\nB:\n{log_b}"
     );
-    s.assert_exactly_once(&events, 0).await;
-    let records = s
-        .count("SELECT sum(records)::bigint FROM pipeline_batches")
-        .await;
-    assert_eq!(records, total);
+    assert_every_record_once(&s, &events).await;
 }
 
 /// A rebalance while a batch's transaction is blocked: the consumer that keeps a
@@ -160,7 +153,7 @@ async fn a_rebalance_during_a_blocked_write_loses_nothing() {
     let s = Scenario::new(2).await;
     let events: Vec<_> = Generator::new(61).take(3_000).collect();
     let args = ["--max-batch-records", "300", "--trigger-interval", "200ms"];
-    let mut a = s.spawn(&args, "a");
+    let a = s.spawn(&args, "a");
     testkit::eventually(
         "A joined and made its tables",
         Duration::from_secs(30),
@@ -194,7 +187,7 @@ async fn a_rebalance_during_a_blocked_write_loses_nothing() {
     .await;
     // The rebalance comes while A polls for its next batch (not yet full, so not
     // paused): A's re-assigned partition is read again from the stored offset...
-    let mut b = s.spawn(&args, "b");
+    let b = s.spawn(&args, "b");
     testkit::eventually("both rebalanced", Duration::from_secs(60), || async {
         (s.log("a").matches("Partitions assigned.").count() >= 2
             && s.log("b").contains("Partitions assigned."))
@@ -224,16 +217,27 @@ async fn a_rebalance_during_a_blocked_write_loses_nothing() {
         },
     )
     .await;
+    stop_both(&s, a, b);
+    assert_every_record_once(&s, &events).await;
+}
+
+/// SIGTERM to both consumers; each must exit 0.
+fn stop_both(s: &Scenario, mut a: std::process::Child, mut b: std::process::Child) {
     signal(&a, "TERM");
     signal(&b, "TERM");
     assert!(a.wait().unwrap().success(), "{}", s.log("a"));
     assert!(b.wait().unwrap().success(), "{}", s.log("b"));
-    s.assert_exactly_once(&events, 0).await;
+}
+
+/// Every id with its latest value, and every record in exactly one committed batch.
+async fn assert_every_record_once(s: &Scenario, events: &[events::UserEvent]) {
+    s.assert_exactly_once(events, 0).await;
     let records = s
         .count("SELECT sum(records)::bigint FROM pipeline_batches")
         .await;
     assert_eq!(
-        records, total,
+        records,
+        events.len() as i64,
         "every record in exactly one committed batch"
     );
 }
