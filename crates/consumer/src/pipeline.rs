@@ -557,13 +557,14 @@ impl LoopState<'_> {
         }
         let outcome = match outcome {
             Some(Outcome::Conflict) => match committed_with_retries(sinks.pg, id, stop).await {
-                // The commit went through but its answer was lost.
-                Some(true) => Outcome::Committed {
-                    rows_written: 0,
-                    rejected_rows: 0,
-                    dead_letters: dead.len() as u64,
+                // The commit went through but its answer was lost: take the figures
+                // the batch recorded (dead letters beyond ours were refused rows).
+                Some(Some((rows_written, dead_letters))) => Outcome::Committed {
+                    rows_written,
+                    rejected_rows: dead_letters.saturating_sub(dead.len() as u64),
+                    dead_letters,
                 },
-                Some(false) => Outcome::Conflict,
+                Some(None) => Outcome::Conflict,
                 None => return Ok(next), // stopping: the staged file is resolved at the next start
             },
             Some(o) => o,
@@ -787,18 +788,18 @@ async fn retry<T, E: std::fmt::Display>(
     }
 }
 
-/// Asks whether a batch committed, until PostgreSQL answers: guessing "no" could
-/// delete the part file of a committed batch.
+/// Asks whether a batch committed (and with which figures), until PostgreSQL
+/// answers: guessing "no" could delete the part file of a committed batch.
 async fn committed_with_retries(
     pg: &mut PgSink,
     id: Uuid,
     stop: &CancellationToken,
-) -> Option<bool> {
+) -> Option<Option<(u64, u64)>> {
     retry(
         "checking whether the batch committed",
         stop,
         Duration::from_secs(10),
-        async || pg.is_committed(id).await,
+        async || pg.recorded(id).await,
     )
     .await
 }

@@ -228,9 +228,18 @@ impl PgSink {
             .map_err(|e| PgError::db(&e))
     }
 
-    /// Whether a batch is recorded as committed (used when a commit's answer was lost).
-    pub async fn is_committed(&mut self, batch: Uuid) -> Result<bool, PgError> {
-        Ok(self.committed(&[batch]).await?.contains(&batch))
+    /// The figures recorded for a batch (rows written, dead letters), or `None` when
+    /// it did not commit. Used when a commit's answer was lost.
+    pub async fn recorded(&mut self, batch: Uuid) -> Result<Option<(u64, u64)>, PgError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT rows_written, dead_letters FROM pipeline_batches WHERE batch_id = $1",
+                &[&batch],
+            )
+            .await
+            .map_err(|e| PgError::db(&e))?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
     }
 
     /// The stored next offsets of the given partitions.
