@@ -142,7 +142,7 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     let bad = 50;
     // Paced so that the stream outlasts the kill rounds: the consumer drains a
     // backlog in a second or two, and a round needs fresh records to commit.
-    let publisher = publish_paced(&s, events.clone(), bad, Duration::from_millis(1_500));
+    let publisher = publish_paced(&s, events.clone(), bad, Duration::from_millis(2_500));
     let total = (events.len() + bad) as i64;
     let args = [
         &["--max-batch-records", "1000", "--trigger-interval", "50ms"][..],
