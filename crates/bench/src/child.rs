@@ -47,10 +47,12 @@ pub struct Finished {
     pub log: Vec<String>,
 }
 
-/// Starts `bin` from `bin_dir` with `args`, stdout and stderr captured.
-pub fn spawn(bin_dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Running> {
+/// Starts `bin` from `bin_dir` against `brokers` with `args`, logging JSON lines,
+/// stdout and stderr captured.
+pub fn spawn(bin_dir: &Path, bin: &str, brokers: &str, args: &[&str]) -> anyhow::Result<Running> {
     let path = bin_dir.join(bin);
     let mut child = Command::new(&path)
+        .args(["--brokers", brokers, "--log-format", "json"])
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

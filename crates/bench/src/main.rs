@@ -146,22 +146,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let events_topic = topic("events");
     step("producer binary");
     let producer = {
+        let (count, seed, partitions) = (n.to_string(), config.seed.to_string(), p.to_string());
         let child = child::spawn(
             &bin_dir,
             "producer",
+            &config.brokers,
             &[
-                "--brokers".into(),
-                config.brokers.clone(),
-                "--topic".into(),
-                events_topic.clone(),
-                "--count".into(),
-                n.to_string(),
-                "--seed".into(),
-                config.seed.to_string(),
-                "--partitions".into(),
-                p.to_string(),
-                "--log-format".into(),
-                "json".into(),
+                "--topic",
+                &events_topic,
+                "--count",
+                &count,
+                "--seed",
+                &seed,
+                "--partitions",
+                &partitions,
             ],
         )?;
         let summary = child_summary(child, Duration::from_secs(300))?;
@@ -190,25 +188,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     step("consumer --available-now");
     let out_dir = work.join("output_data");
     let group = format!("bench_{run_id}");
+    let (out, batch) = (
+        out_dir.display().to_string(),
+        config.batch_records.to_string(),
+    );
     let mut consumer = child::spawn(
         &bin_dir,
         "consumer",
+        &config.brokers,
         &[
-            "--brokers".into(),
-            config.brokers.clone(),
-            "--topic".into(),
-            events_topic.clone(),
-            "--group".into(),
-            group.clone(),
-            "--database-url".into(),
-            db_url.clone(),
-            "--output-dir".into(),
-            out_dir.display().to_string(),
-            "--max-batch-records".into(),
-            config.batch_records.to_string(),
-            "--available-now".into(),
-            "--log-format".into(),
-            "json".into(),
+            "--topic",
+            &events_topic,
+            "--group",
+            &group,
+            "--database-url",
+            &db_url,
+            "--output-dir",
+            &out,
+            "--max-batch-records",
+            &batch,
+            "--available-now",
         ],
     )?;
     let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
@@ -270,47 +269,48 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let lat_topic = topic("latency");
     let lat_group = format!("bench_{run_id}_latency");
     common::kafka::ensure_topic(&kafka, &lat_topic, p, 1, Duration::from_secs(10)).await?;
+    let lat_out = work.join("latency_output").display().to_string();
+    let trigger = humantime::format_duration(config.latency_trigger).to_string();
     let mut lat_consumer = child::spawn(
         &bin_dir,
         "consumer",
+        &config.brokers,
         &[
-            "--brokers".into(),
-            config.brokers.clone(),
-            "--topic".into(),
-            lat_topic.clone(),
-            "--group".into(),
-            lat_group.clone(),
-            "--database-url".into(),
-            db_url.clone(),
-            "--table".into(),
-            "latency_users".into(),
-            "--dead-letter-table".into(),
-            "latency_dead_letters".into(),
-            "--output-dir".into(),
-            work.join("latency_output").display().to_string(),
-            "--trigger-interval".into(),
-            humantime::format_duration(config.latency_trigger).to_string(),
-            "--log-format".into(),
-            "json".into(),
+            "--topic",
+            &lat_topic,
+            "--group",
+            &lat_group,
+            "--database-url",
+            &db_url,
+            "--table",
+            "latency_users",
+            "--dead-letter-table",
+            "latency_dead_letters",
+            "--output-dir",
+            &lat_out,
+            "--trigger-interval",
+            &trigger,
         ],
     )?;
     lat_consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
+    let (rate, duration, lat_seed) = (
+        config.latency_rate.to_string(),
+        humantime::format_duration(config.latency_duration).to_string(),
+        (config.seed + 1).to_string(),
+    );
     let lat_producer = child::spawn(
         &bin_dir,
         "producer",
+        &config.brokers,
         &[
-            "--brokers".into(),
-            config.brokers.clone(),
-            "--topic".into(),
-            lat_topic.clone(),
-            "--rate".into(),
-            config.latency_rate.to_string(),
-            "--duration".into(),
-            humantime::format_duration(config.latency_duration).to_string(),
-            "--seed".into(),
-            (config.seed + 1).to_string(),
-            "--log-format".into(),
-            "json".into(),
+            "--topic",
+            &lat_topic,
+            "--rate",
+            &rate,
+            "--duration",
+            &duration,
+            "--seed",
+            &lat_seed,
         ],
     )?;
     let (sent, achieved_rate) = child_summary(

@@ -14,6 +14,16 @@ pub enum StartingOffsets {
     Latest,
 }
 
+impl StartingOffsets {
+    /// Where a partition without a stored offset starts.
+    pub fn offset(self) -> rdkafka::Offset {
+        match self {
+            StartingOffsets::Earliest => rdkafka::Offset::Beginning,
+            StartingOffsets::Latest => rdkafka::Offset::End,
+        }
+    }
+}
+
 /// Reads user events from Kafka in micro-batches, transforms each batch with
 /// DataFusion SQL and writes the result exactly once to PostgreSQL and CSV files.
 #[derive(Debug, Clone, Parser)]

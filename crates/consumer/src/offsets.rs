@@ -50,6 +50,12 @@ pub struct Advance {
     pub first: i64,
 }
 
+/// Records still to process in a partition: from the stored offset (or the log's
+/// start when none is stored) to the high watermark.
+pub fn lag(stored: Option<i64>, low: i64, high: i64) -> i64 {
+    (high - stored.unwrap_or(low)).max(0)
+}
+
 /// The stored next offsets of `partitions`.
 pub async fn load(
     client: &Client,
@@ -65,6 +71,45 @@ pub async fn load(
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Every stored offset of a group on a topic, with when it last moved (as text).
+pub async fn all(
+    client: &Client,
+    group: &str,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, (i64, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            r#"SELECT "partition", next_offset, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS TZ')
+               FROM pipeline_offsets WHERE consumer_group = $1 AND topic = $2"#,
+            &[&group, &topic],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Sets a partition's offset whatever it held (`consumer reset-offsets`, which
+/// makes sure no consumer of the group runs).
+pub async fn overwrite(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        r#"INSERT INTO pipeline_offsets (consumer_group, topic, "partition", next_offset, batch_id)
+           VALUES ($1, $2, $3, $4, NULL)
+           ON CONFLICT (consumer_group, topic, "partition")
+           DO UPDATE SET next_offset = EXCLUDED.next_offset, batch_id = NULL, updated_at = now()"#,
+        &[&group, &topic, &partition, &next],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Moves one partition's offset if, and only if, it still holds the expected value.

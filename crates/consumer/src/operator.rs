@@ -42,7 +42,19 @@ fn kafka_err(what: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> Error {
-    Error::Postgres(PgError::Db(postgres::reason(&e)))
+    Error::Postgres(PgError::db(&e))
+}
+
+/// A partition's low and high watermarks, asked of the broker (ListOffsets).
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), Error> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(kafka_err("cannot read watermarks"))
 }
 
 /// A consumer that never subscribes: metadata, watermarks and group listings only.
@@ -96,23 +108,14 @@ async fn stored_offsets(
     client: &Client,
     config: &Config,
 ) -> Result<BTreeMap<i32, (i64, String)>, Error> {
-    let rows = client
-        .query(
-            r#"SELECT "partition", next_offset, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS TZ')
-               FROM pipeline_offsets WHERE consumer_group = $1 AND topic = $2"#,
-            &[&config.group, &config.topic],
-        )
+    crate::offsets::all(client, &config.group, &config.topic)
         .await
         .map_err(|e| match e.code() {
             Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE => Error::Config(
                 "no pipeline_offsets table in this database: the consumer has not run here".into(),
             ),
             _ => pg_err(e),
-        })?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect())
+        })
 }
 
 /// `consumer status`.
@@ -130,9 +133,7 @@ async fn status(config: &Config) -> Result<(), Error> {
         let members = group_members(&consumer, &group, timeout).ok();
         let mut marks = BTreeMap::new();
         for p in partitions {
-            let w = consumer
-                .fetch_watermarks(&topic, p, timeout)
-                .map_err(kafka_err("cannot read watermarks"))?;
+            let w = watermarks(&consumer, &topic, p, timeout)?;
             marks.insert(p, w);
         }
         Ok((members, marks))
@@ -156,7 +157,7 @@ async fn status(config: &Config) -> Result<(), Error> {
             Some((o, u)) => (Some(*o), u.as_str()),
             None => (None, "never"),
         };
-        let lag = (high - offset.unwrap_or(*low)).max(0);
+        let lag = crate::offsets::lag(offset, *low, *high);
         total += lag;
         println!(
             "{p:>9}  {:>14}  {high:>14}  {lag:>10}  {updated}",
@@ -207,7 +208,7 @@ async fn validate(config: &Config) -> Result<(), Error> {
     let (client, display) =
         match postgres::connect_existing(&config.database_url, config.connect_timeout).await {
             Ok(c) => c,
-            Err(PgError::Connect { reason, .. }) if reason.contains("3D000") => {
+            Err(PgError::NoDatabase(_)) => {
                 println!("note: the database does not exist yet; the consumer would create it");
                 println!("would run: CREATE TABLE {table} ... (the whole schema)");
                 return Ok(());
@@ -235,7 +236,7 @@ async fn validate(config: &Config) -> Result<(), Error> {
         ),
         (
             dead_letter_table.as_str(),
-            postgres::dead_letter_table_ddl(&dead_letter_table)
+            postgres::dead_letter_ddl(&dead_letter_table)
                 .replace("IF NOT EXISTS ", "")
                 .split_whitespace()
                 .collect::<Vec<_>>()
@@ -276,9 +277,7 @@ fn target_offsets(
     match to {
         "earliest" | "latest" => {
             for p in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, *p, timeout)
-                    .map_err(kafka_err("cannot read watermarks"))?;
+                let (low, high) = watermarks(consumer, topic, *p, timeout)?;
                 out.insert(*p, if to == "earliest" { low } else { high });
             }
         }
@@ -289,9 +288,7 @@ fn target_offsets(
                 });
                 match parsed {
                     Some((p, o)) if partitions.contains(&p) && o >= 0 => {
-                        let (low, high) = consumer
-                            .fetch_watermarks(topic, p, timeout)
-                            .map_err(kafka_err("cannot read watermarks"))?;
+                        let (low, high) = watermarks(consumer, topic, p, timeout)?;
                         if o < low || o > high {
                             return Err(Error::Config(format!(
                                 "--to: offset {o} is outside partition {p}'s range {low}..={high}"
@@ -336,12 +333,7 @@ fn target_offsets(
                 let offset = match e.offset() {
                     Offset::Offset(o) => o,
                     // No message at or after the time: the partition's end.
-                    _ => {
-                        consumer
-                            .fetch_watermarks(topic, e.partition(), timeout)
-                            .map_err(kafka_err("cannot read watermarks"))?
-                            .1
-                    }
+                    _ => watermarks(consumer, topic, e.partition(), timeout)?.1,
                 };
                 out.insert(e.partition(), offset);
             }
@@ -412,15 +404,9 @@ async fn reset(config: &Config, args: &ResetArgs) -> Result<(), Error> {
     }
     let tx = client.transaction().await.map_err(pg_err)?;
     for (p, new) in &targets {
-        tx.execute(
-            r#"INSERT INTO pipeline_offsets (consumer_group, topic, "partition", next_offset, batch_id)
-               VALUES ($1, $2, $3, $4, NULL)
-               ON CONFLICT (consumer_group, topic, "partition")
-               DO UPDATE SET next_offset = EXCLUDED.next_offset, batch_id = NULL, updated_at = now()"#,
-            &[&config.group, &config.topic, p, new],
-        )
-        .await
-        .map_err(pg_err)?;
+        crate::offsets::overwrite(&tx, &config.group, &config.topic, *p, *new)
+            .await
+            .map_err(pg_err)?;
     }
     tx.commit().await.map_err(pg_err)?;
     // Advisory, like the pipeline's own: lag tools reading Kafka see the reset too.
@@ -601,7 +587,7 @@ async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         .map_err(pg_err)?;
     let mut beat = std::time::Instant::now();
     let replay = replay_id.to_string();
-    let mut deliveries = Vec::with_capacity(rows.len());
+    let mut failed = None;
     for r in &rows {
         // Publish only while our session (and so our lock) provably lives: a
         // settling run waits for our heartbeat to be old enough.
@@ -639,14 +625,11 @@ async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         if let Some(p) = &payload {
             record = record.payload(p);
         }
-        deliveries.push(
-            producer
-                .send(record, Timeout::After(timeout))
-                .await
-                .map_err(|(e, _)| e),
-        );
+        if let Err((e, _)) = producer.send(record, Timeout::After(timeout)).await {
+            failed.get_or_insert(e);
+        }
     }
-    if let Some(Err(e)) = deliveries.into_iter().find(Result::is_err) {
+    if let Some(e) = failed {
         // Some may have been written: leave the replay pending, the next run settles
         // it message by message from the topic itself.
         return Err(Error::KafkaRuntime(format!(

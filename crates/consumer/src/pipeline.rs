@@ -305,7 +305,6 @@ impl LoopState<'_> {
             if self.sync_generation() {
                 batch = Collecting::new();
             }
-            self.observe(false);
             let records = batch.builder.records();
             let finished = self.config.available_now && self.all_done();
             let due = records > 0 && batch.started.elapsed() >= self.config.trigger_interval;
@@ -328,8 +327,9 @@ impl LoopState<'_> {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(wake.into()),
                     if records > 0 || self.config.available_now => {}
+                // Before `recv`: a steady stream must not starve the refresh.
+                _ = tick.tick() => self.observe(),
                 m = self.consumer.recv() => self.take(&mut batch, m)?,
-                _ = tick.tick() => {}
             }
         }
     }
@@ -528,6 +528,7 @@ impl LoopState<'_> {
                         paused = self.pause();
                         pause_tried = true;
                     }
+                    _ = tick.tick() => self.observe(),
                     m = self.consumer.recv(), if !holding => {
                         let seen = self.generation;
                         self.take(&mut next, m)?;
@@ -542,7 +543,6 @@ impl LoopState<'_> {
                             full_since = Some(Instant::now());
                         }
                     }
-                    _ = tick.tick() => self.observe(false),
                 }
             }
         };
@@ -607,7 +607,7 @@ impl LoopState<'_> {
                         .chain((0..rejected_rows).map(|_| "sink")),
                 );
                 self.metrics.committed_now();
-                self.observe(true);
+                self.observe();
                 summary.batches += 1;
                 summary.records += records;
                 summary.rows_written += rows_written;
@@ -643,12 +643,9 @@ impl LoopState<'_> {
         }
     }
 
-    /// Refreshes the per-partition gauges and the readiness flag (at most once a
-    /// second unless `force`).
-    fn observe(&mut self, force: bool) {
-        if !self.metrics.due(force) {
-            return;
-        }
+    /// Refreshes the per-partition gauges and the readiness flag (on the one-second
+    /// tick and after each commit).
+    fn observe(&mut self) {
         let settled = self.generation > 0 && self.consumer.context().settled();
         self.readiness.set_assigned(settled);
         if !settled {
@@ -696,10 +693,7 @@ impl LoopState<'_> {
         for p in partitions {
             let offset = match stored.get(&p) {
                 Some(o) => Offset::Offset(*o),
-                None => match self.config.starting_offsets {
-                    crate::config::StartingOffsets::Earliest => Offset::Beginning,
-                    crate::config::StartingOffsets::Latest => Offset::End,
-                },
+                None => self.config.starting_offsets.offset(),
             };
             if let Err(e) =
                 self.consumer

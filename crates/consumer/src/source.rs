@@ -212,10 +212,7 @@ impl ConsumerContext for PipelineContext {
             let p = elem.partition();
             let offset = match stored.as_ref().map(|s| s.get(&p).copied()) {
                 Some(Some(next)) => Offset::Offset(next),
-                _ => match self.starting {
-                    StartingOffsets::Earliest => Offset::Beginning,
-                    StartingOffsets::Latest => Offset::End,
-                },
+                _ => self.starting.offset(),
             };
             if let Err(e) = elem.set_offset(offset) {
                 warn!(message = "Cannot set the start offset.", partition = p, error = %e);

@@ -2,12 +2,12 @@
 //! README and the alert rules agree on the names.
 //!
 //! Counters and histograms are taken as handles at start-up (no registry lookup
-//! per message); per-partition gauges are refreshed from the main loop at most once
-//! a second, and vanish when not refreshed for a while, so a partition that moved
+//! per message); per-partition gauges are refreshed by the main loop's one-second
+//! tick and after each commit, and vanish when not refreshed for a while, so a partition that moved
 //! to another consumer stops being reported here.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
@@ -52,7 +52,6 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub postgres_retries: Counter,
     topic: String,
-    refreshed: Instant,
     /// Unix time of the last commit, re-set on every refresh (gauges not set for a
     /// while vanish from `/metrics`).
     last_commit: Option<f64>,
@@ -77,7 +76,6 @@ impl Metrics {
             commit_duration: histogram!(COMMIT_DURATION),
             postgres_retries: counter!(POSTGRES_RETRIES),
             topic: topic.to_string(),
-            refreshed: Instant::now() - Duration::from_secs(60),
             last_commit: None,
             reported: Default::default(),
         }
@@ -95,15 +93,6 @@ impl Metrics {
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_commit = Some(now);
         gauge!(LAST_COMMIT).set(now);
-    }
-
-    /// True when the partition gauges are due for a refresh (or `force`).
-    pub fn due(&mut self, force: bool) -> bool {
-        if force || self.refreshed.elapsed() >= Duration::from_secs(1) {
-            self.refreshed = Instant::now();
-            return true;
-        }
-        false
     }
 
     /// Per owned partition: the offset PostgreSQL holds, the partition's watermarks
@@ -127,8 +116,7 @@ impl Metrics {
             }
             if let Some((low, high)) = marks {
                 gauge!(HIGH_WATERMARK, &labels).set(*high as f64);
-                // Nothing stored yet: everything from the log start is still to read.
-                let lag = (high - stored.unwrap_or(*low)).max(0);
+                let lag = crate::offsets::lag(*stored, *low, *high);
                 gauge!(LAG, &labels).set(lag as f64);
             }
         }
@@ -175,11 +163,8 @@ impl Readiness {
                 let probe = async {
                     let mut slot = client.lock().await;
                     if slot.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-                        let (c, connection) = postgres
-                            .connect(tokio_postgres::NoTls)
-                            .await
-                            .map_err(|e| crate::sink::postgres::reason(&e))?;
-                        tokio::spawn(connection);
+                        let c =
+                            crate::sink::postgres::connect_plain(&postgres, PROBE_TIMEOUT).await?;
                         *slot = Some(c);
                     }
                     let c = slot.as_ref().ok_or("no connection")?;

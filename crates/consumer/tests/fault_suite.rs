@@ -19,12 +19,27 @@ const FAST_REJOIN: [&str; 4] = [
     "heartbeat.interval.ms=500",
 ];
 
-fn summary(name: &str, events: usize, extra: &str, f: Figures) {
-    let line = format!(
-        "fault-suite: {name} events={events} {extra} lost={} duplicated={} dead_letters={}",
-        f.lost, f.duplicated, f.dead_letters
-    );
-    support::report(&line);
+/// Measures the outcome, reports the scenario's summary line, then fails on any
+/// loss or duplicate (every scenario ends this way).
+async fn report_and_check(
+    s: &Scenario,
+    name: &str,
+    events: &[UserEvent],
+    bad: usize,
+    extra: &str,
+    started: Instant,
+) {
+    let f: Figures = s.measure(events, bad as i64).await;
+    support::report(&format!(
+        "fault-suite: {name} events={} {extra} seconds={} lost={} duplicated={} dead_letters={}",
+        events.len() + bad,
+        started.elapsed().as_secs(),
+        f.lost,
+        f.duplicated,
+        f.dead_letters
+    ));
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    s.assert_exactly_once(events, bad as i64).await;
 }
 
 /// Publishes `events` (keyed by id) plus `bad` malformed payloads, in chunks, in the
@@ -178,18 +193,15 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     let out = s.run_available_now(&args);
     restarts += 1;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let f = s.measure(&events, bad as i64).await;
-    summary(
+    report_and_check(
+        &s,
         "crash-loop",
-        events.len() + bad,
-        &format!(
-            "kills={kills} sigterms=1 restarts={restarts} batches={seen}+ seconds={}",
-            started.elapsed().as_secs()
-        ),
-        f,
-    );
-    assert_eq!((f.lost, f.duplicated), (0, 0));
-    s.assert_exactly_once(&events, bad as i64).await;
+        &events,
+        bad,
+        &format!("kills={kills} sigterms=1 restarts={restarts} batches={seen}+"),
+        started,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,18 +233,15 @@ async fn postgres_outage_mid_run() {
         retries > 0,
         "the consumer retried while PostgreSQL was down:\n{log}"
     );
-    let f = s.measure(&events, 20).await;
-    summary(
+    report_and_check(
+        &s,
         "postgres-outage",
-        events.len() + 20,
-        &format!(
-            "outage_s=5 retry_lines={retries} seconds={}",
-            started.elapsed().as_secs()
-        ),
-        f,
-    );
-    assert_eq!((f.lost, f.duplicated), (0, 0));
-    s.assert_exactly_once(&events, 20).await;
+        &events,
+        20,
+        &format!("outage_s=5 retry_lines={retries}"),
+        started,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,15 +282,7 @@ async fn broker_restart_mid_run() {
     let events: Vec<_> = Generator::new(81).take(20_000).collect();
     wait_until_all_committed(&s, events.len() as i64, &["broker"]).await;
     stop(child, &s, "broker");
-    let f = s.measure(&events, 0).await;
-    summary(
-        "broker-restart",
-        events.len(),
-        &format!("restarts=1 seconds={}", started.elapsed().as_secs()),
-        f,
-    );
-    assert_eq!((f.lost, f.duplicated), (0, 0));
-    s.assert_exactly_once(&events, 0).await;
+    report_and_check(&s, "broker-restart", &events, 0, "restarts=1", started).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,16 +318,13 @@ async fn group_churn_join_leave_and_kill() {
     wait_until_all_committed(&s, events.len() as i64 + 30, &["a", "b", "c", "c2"]).await;
     stop(a, &s, "a");
     stop(c2, &s, "c2");
-    let f = s.measure(&events, 30).await;
-    summary(
+    report_and_check(
+        &s,
         "group-churn",
-        events.len() + 30,
-        &format!(
-            "consumers=3 joined=1 left=1 killed=1 restarted=1 seconds={}",
-            started.elapsed().as_secs()
-        ),
-        f,
-    );
-    assert_eq!((f.lost, f.duplicated), (0, 0));
-    s.assert_exactly_once(&events, 30).await;
+        &events,
+        30,
+        "consumers=3 joined=1 left=1 killed=1 restarted=1",
+        started,
+    )
+    .await;
 }

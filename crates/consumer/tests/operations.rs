@@ -15,13 +15,6 @@ use support::services::PrivatePostgres;
 
 const MALFORMED: usize = 3;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Samples of one metric family: labels (as text) -> value.
 fn samples(text: &str, name: &str) -> HashMap<String, f64> {
     text.lines()
@@ -93,7 +86,7 @@ fn stdout(o: &std::process::Output) -> String {
 async fn metrics_match_what_the_run_did() {
     let s = Scenario::new(3).await;
     let events = publish_with_malformed(&s, 1500).await;
-    let port = free_port();
+    let port = testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = s.spawn(&["--metrics-addr", &addr], "metrics");
     let base = format!("http://{addr}");
@@ -182,7 +175,7 @@ async fn readyz_is_not_ready_while_the_database_is_down() {
     let s = Scenario::on(&testkit::brokers(), &pg.url(), 2).await;
     s.publish(&events::Generator::new(3).take(50).collect::<Vec<_>>())
         .await;
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let consumer = s.spawn(&["--metrics-addr", &addr], "readyz");
     let url = format!("http://{addr}/readyz");
     testkit::eventually(
@@ -192,7 +185,7 @@ async fn readyz_is_not_ready_while_the_database_is_down() {
     )
     .await;
     pg.down();
-    let (code, body) = testkit::eventually(
+    let (_, body) = testkit::eventually(
         "not ready with the database down",
         Duration::from_secs(30),
         || async { get(&url).await.filter(|(c, _)| *c == 503) },
@@ -211,7 +204,6 @@ async fn readyz_is_not_ready_while_the_database_is_down() {
         || async { get(&url).await.filter(|(c, _)| *c == 200) },
     )
     .await;
-    let _ = code;
     kill(consumer);
 }
 
@@ -223,7 +215,7 @@ async fn prometheus_scrapes_the_consumer_with_the_shipped_rules() {
     let s = Scenario::new(2).await;
     let events: Vec<_> = events::Generator::new(11).take(700).collect();
     s.publish(&events).await;
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = format!("127.0.0.1:{}", testkit::free_port());
     let consumer = s.spawn(&["--metrics-addr", &metrics_addr], "prom");
 
     let dir = tempfile::tempdir().unwrap();
@@ -237,7 +229,7 @@ async fn prometheus_scrapes_the_consumer_with_the_shipped_rules() {
         ),
     )
     .unwrap();
-    let web = format!("127.0.0.1:{}", free_port());
+    let web = format!("127.0.0.1:{}", testkit::free_port());
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let server = Command::new(prometheus)
         .arg(format!(

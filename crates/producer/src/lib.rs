@@ -91,6 +91,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let sent_total = metrics::counter!(SENT);
     let publisher = publish::Publisher::new(&client, &config)?;
     let bar = progress_bar(&config);
+    // The bar redraws often; log lines come once per --progress-interval.
+    let progress_every = match bar {
+        Some(_) => PROGRESS_TICK.min(config.progress_interval),
+        None => config.progress_interval,
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<events::UserEvent>>(64);
     let feeder = tokio::spawn(source.feed(tx));
 
@@ -128,15 +133,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             sent += 1;
             sent_total.increment(1);
             // Per event, not per chunk: at a low --rate a chunk takes minutes.
-            if last_log.elapsed() >= PROGRESS_TICK.min(config.progress_interval) {
-                report_progress(
-                    &bar,
-                    &publisher,
-                    sent,
-                    started,
-                    &mut last_log,
-                    config.progress_interval,
-                );
+            if last_log.elapsed() >= progress_every {
+                last_log = Instant::now();
+                report_progress(&bar, &publisher, sent, started);
             }
         }
         if limit.count.is_some_and(|c| sent >= c) {
@@ -164,26 +163,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
-/// Redraws the bar, or logs a progress line once `interval` has passed.
+/// Redraws the bar, or logs a progress line.
 fn report_progress(
     bar: &Option<indicatif::ProgressBar>,
     publisher: &publish::Publisher,
     sent: u64,
     started: Instant,
-    last: &mut Instant,
-    interval: Duration,
 ) {
     match bar {
         Some(bar) => {
-            *last = Instant::now();
             bar.set_position(sent);
             let failed = publisher.failed();
             if failed > 0 {
                 bar.set_message(format!("{failed} failed"));
             }
         }
-        None if last.elapsed() >= interval => {
-            *last = Instant::now();
+        None => {
             info!(
                 message = "Publishing.",
                 sent,
@@ -192,7 +187,6 @@ fn report_progress(
                 events_per_s = format!("{:.0}", sent as f64 / started.elapsed().as_secs_f64())
             );
         }
-        None => {}
     }
 }
 

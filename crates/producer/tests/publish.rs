@@ -266,10 +266,7 @@ fn unreachable_randomuser_api_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_metrics_while_publishing() {
     let topic = testkit::unique("produce_metrics");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(["--brokers", &testkit::brokers(), "--topic", &topic])

@@ -35,10 +35,12 @@ pub enum PgError {
     Schema { table: String, reason: String },
     #[error("PostgreSQL: {0}")]
     Db(String),
+    #[error("database {0:?} does not exist")]
+    NoDatabase(String),
 }
 
 impl PgError {
-    fn db(e: &tokio_postgres::Error) -> Self {
+    pub(crate) fn db(e: &tokio_postgres::Error) -> Self {
         PgError::Db(reason(e))
     }
 }
@@ -573,21 +575,21 @@ pub async fn plan_table(
 pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, String), PgError> {
     let config = parse_url(url, timeout)?;
     let display = describe(&config);
-    let client = connect(&config, timeout)
-        .await
-        .map_err(|e| PgError::Connect {
-            target: display.clone(),
-            reason: e.reason(),
-        })?;
+    let client = connect(&config, timeout).await.map_err(|e| {
+        if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
+            PgError::NoDatabase(config.get_dbname().unwrap_or_default().to_string())
+        } else {
+            PgError::Connect {
+                target: display.clone(),
+                reason: e.reason(),
+            }
+        }
+    })?;
     Ok((client, display))
 }
 
-/// The DDL of the dead-letter table, for `consumer validate`.
-pub fn dead_letter_table_ddl(table: &str) -> String {
-    dead_letter_ddl(table)
-}
-
-fn dead_letter_ddl(table: &str) -> String {
+/// The DDL of the dead-letter table (also printed by `consumer validate`).
+pub fn dead_letter_ddl(table: &str) -> String {
     format!(
         r#"CREATE TABLE IF NOT EXISTS {table} (
             id          bigserial   PRIMARY KEY,

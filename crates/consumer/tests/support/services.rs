@@ -1,17 +1,9 @@
 //! Private services for the fault suite: a broker and a PostgreSQL server of the
 //! test's own, so that stopping them disturbs no other test.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn wait_port(port: u16, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -40,7 +32,7 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     pub fn start() -> Self {
         let mut b = Self {
-            port: free_port(),
+            port: testkit::free_port(),
             dir: scratch("tansu"),
             child: None,
         };
@@ -155,7 +147,7 @@ impl PrivatePostgres {
             );
         }
         let pg = Self {
-            port: free_port(),
+            port: testkit::free_port(),
             dir,
             bin,
             run_as,
