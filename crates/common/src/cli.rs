@@ -55,8 +55,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// An error and its causes on one line, for `main`: causes already quoted by their
-/// parent are skipped (DataFusion and thiserror both repeat them), line breaks folded.
+/// An error and its causes on one line (for `main`, logs and error messages: the
+/// workspace's one error-chain formatter): causes already quoted by their parent are
+/// skipped (DataFusion and thiserror both repeat them), line breaks folded.
 pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut source = error.source();

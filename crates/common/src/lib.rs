@@ -1,11 +1,13 @@
 //! Edge code shared by the `producer` and `consumer` binaries.
 //!
 //! # Layout
+//! - [`backoff`]: the exponential backoff schedule of every retry loop.
 //! - [`cli`]: log set-up (`--log-format text|json`) and the shutdown signal.
 //! - [`kafka`]: client configuration, a bounded broker reachability check and topic
 //!   creation through the admin API.
 //! - [`telemetry`]: `/metrics`, `/healthz` and `/readyz` for operators.
 
+pub mod backoff;
 pub mod cli;
 pub mod kafka;
 pub mod telemetry;

@@ -24,6 +24,17 @@ impl StartingOffsets {
     }
 }
 
+/// What to do with a partition whose stored offset lies past its log's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PastEnd {
+    /// Stop with an error naming the partition, both offsets and the repair command.
+    Fail,
+    /// Read the partition's log from its start (the new log's records are new).
+    Earliest,
+    /// Read from the log's end (skip what the new log holds).
+    Latest,
+}
+
 /// Reads user events from Kafka in micro-batches, transforms each batch with
 /// DataFusion SQL and writes the result exactly once to PostgreSQL and CSV files.
 #[derive(Debug, Clone, Parser)]
@@ -90,6 +101,15 @@ pub struct Config {
     /// Where to start in partitions for which no offset is stored yet.
     #[arg(long, env = "STARTING_OFFSETS", value_enum, default_value = "earliest")]
     pub starting_offsets: StartingOffsets,
+
+    /// When a partition's stored offset lies past its log's end (the topic was
+    /// deleted and recreated, Kafka's data lost, offsets restored from a backup):
+    /// `fail` stops with the command that repairs it; `earliest` or `latest` moves
+    /// the stored offset there. Each case is recorded in the table `pipeline_gaps`.
+    /// (Records lost to retention before they were read are always skipped and
+    /// recorded there.)
+    #[arg(long, env = "OFFSETS_PAST_END", value_enum, default_value = "fail")]
+    pub offsets_past_end: PastEnd,
 
     /// A batch closes this long after it started collecting (or earlier when full).
     #[arg(long, env = "TRIGGER_INTERVAL", default_value = "1s",
@@ -210,7 +230,44 @@ pub struct ResetArgs {
     pub force: bool,
 }
 
+/// What the configuration gives once checked without any service: identifiers
+/// validated and quoted, the transform planned, the output columns.
+pub struct Checked {
+    pub table: String,
+    pub dead_letter_table: String,
+    pub key: String,
+    pub transform: crate::transform::Transform,
+    pub columns: Vec<crate::sink::Column>,
+}
+
 impl Config {
+    /// Checks names and plans the SQL; shared by the pipeline and `consumer validate`.
+    pub async fn check(&self) -> Result<Checked, crate::Error> {
+        use crate::Error;
+        use crate::sink::{self, column_ident, table_ident};
+        let table = table_ident(&self.table).map_err(Error::Config)?;
+        let dead_letter_table = table_ident(&self.dead_letter_table).map_err(Error::Config)?;
+        let key = column_ident(&self.key_column).map_err(Error::Config)?;
+        let transform = crate::transform::Transform::new(&self.sql()?).await?;
+        let columns = sink::columns(&transform.output_schema()).map_err(Error::Config)?;
+        if !columns.iter().any(|c| c.name == self.key_column) {
+            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(Error::Config(format!(
+                "the transform's output has no key column {:?} (columns: {}); \
+                 select it or set --key-column",
+                self.key_column,
+                names.join(", ")
+            )));
+        }
+        Ok(Checked {
+            table,
+            dead_letter_table,
+            key,
+            transform,
+            columns,
+        })
+    }
+
     /// The transform SQL: the user's file, or the default shipped with the binary.
     pub fn sql(&self) -> Result<String, crate::Error> {
         match &self.transform_sql {

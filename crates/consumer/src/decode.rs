@@ -18,6 +18,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use events::FIELDS;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::dead_letter::DeadLetter;
+
 /// The Kafka columns appended to the event fields, named as Spark's Kafka source
 /// names them.
 pub const KAFKA_COLUMNS: [&str; 5] = ["topic", "partition", "offset", "timestamp", "key"];
@@ -52,20 +54,6 @@ pub struct Origin<'a> {
     /// Milliseconds since the epoch, when the message has a timestamp.
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
-}
-
-/// A message that could not become a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub topic: Option<String>,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    pub timestamp: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub reason: String,
-    /// `decode` for payloads, `sink` for rows PostgreSQL refused.
-    pub stage: &'static str,
 }
 
 /// Why a payload is a dead letter.
@@ -149,16 +137,9 @@ impl BatchBuilder {
                 self.timestamp.append_option(origin.timestamp);
                 self.key.append_option(origin.key);
             }
-            Err(reject) => self.dead.push(DeadLetter {
-                topic: Some(origin.topic.to_string()),
-                partition: Some(origin.partition),
-                offset: Some(origin.offset),
-                timestamp: origin.timestamp,
-                key: origin.key.map(<[u8]>::to_vec),
-                payload: payload.map(<[u8]>::to_vec),
-                reason: reject.to_string(),
-                stage: "decode",
-            }),
+            Err(reject) => self
+                .dead
+                .push(DeadLetter::malformed(origin, payload, &reject)),
         }
     }
 

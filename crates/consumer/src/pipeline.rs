@@ -1,45 +1,52 @@
-//! The micro-batch loop: collect, transform, write, commit, repeat.
+//! The micro-batch loop: collect, transform, commit, repeat.
 //!
-//! While one batch is being written, the loop keeps polling Kafka and decodes the
-//! next batch (pausing the partitions once that one is full), so the consumer stays
-//! in its group however long PostgreSQL takes, and fetching overlaps writing.
-//! ARCHITECTURE.md describes the offset protocol this loop implements.
+//! While one batch commits, the loop keeps polling Kafka and collects the next
+//! batch, so fetching overlaps writing and the consumer stays in its group however
+//! long PostgreSQL takes; [`crate::backpressure`] decides when polling holds and
+//! when the partitions are paused. What to take and when a run is done is asked of
+//! [`Partitions`]; how a batch commits is [`Committer`]'s. ARCHITECTURE.md
+//! describes the offset protocol this loop drives.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::config::Config;
-use crate::decode::{BatchBuilder, DeadLetter, Origin};
-use crate::offsets::Advance;
-use crate::sink::copy;
-use crate::sink::csv::{CsvSink, Staged, part_name};
-use crate::sink::postgres::{BatchWrite, Outcome, PgSink, Target};
-use crate::sink::{self, column_ident, table_ident};
+use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
+use crate::commit::{self, Committed, Committer, Outcome};
+use crate::config::{Checked, Config};
+use crate::dead_letter::{DeadLetter, Stage};
+use crate::decode::{BatchBuilder, Origin};
+use crate::gaps;
+use crate::ledger::Advance;
+use crate::partitions::Partitions;
+use crate::sink::copy::{self, Encoded};
+use crate::sink::csv::CsvSink;
+use crate::sink::postgres::{PgSink, Target};
 use crate::source::{self, KafkaConsumer, OffsetOracle, PipelineContext};
 use crate::telemetry::{Metrics, Readiness};
 use crate::transform::Transform;
 
-/// How long a write may go on with the next batch full and nobody polling before
-/// the partitions are paused and polling resumes. Well under `max.poll.interval.ms`
-/// and short enough that a rebalance waits at most this long for us.
-const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(3);
-
 /// How often gauges and readiness are refreshed while nothing else happens.
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often `--available-now` re-checks the watermarks while nothing arrives.
+const AVAILABLE_NOW_RECHECK: Duration = Duration::from_millis(100);
+
+/// How long `--available-now` waits for a partition when the group assigned it none
+/// (other members hold them all) before it gives up.
+const NO_ASSIGNMENT_WAIT: Duration = Duration::from_secs(30);
 
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,44 +76,6 @@ pub async fn run(
     result
 }
 
-/// What the configuration gives once checked without any service: identifiers
-/// validated and quoted, the transform planned, the output columns.
-pub(crate) struct Checked {
-    pub table: String,
-    pub dead_letter_table: String,
-    pub key: String,
-    pub transform: Transform,
-    pub columns: Vec<sink::Column>,
-}
-
-/// Checks names and plans the SQL; shared by the pipeline and `consumer validate`.
-pub(crate) async fn check(config: &Config) -> Result<Checked, Error> {
-    let table = table_ident(&config.table).map_err(Error::Config)?;
-    let dead_letter_table = table_ident(&config.dead_letter_table).map_err(Error::Config)?;
-    let key = column_ident(&config.key_column).map_err(Error::Config)?;
-    let transform = Transform::new(&config.sql()?).await?;
-    let columns = sink::columns(&transform.output_schema()).map_err(Error::Config)?;
-    if !columns.iter().any(|c| c.name == config.key_column) {
-        return Err(Error::Config(format!(
-            "the transform's output has no key column {:?} (columns: {}); \
-             select it or set --key-column",
-            config.key_column,
-            columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(Checked {
-        table,
-        dead_letter_table,
-        key,
-        transform,
-        columns,
-    })
-}
-
 async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
     let started = Instant::now();
     // Everything that can be checked without a service comes first.
@@ -116,7 +85,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         key,
         transform,
         columns,
-    } = check(&config).await?;
+    } = config.check().await?;
     let instance = Uuid::new_v4();
     let csv = CsvSink::open(&config.output_dir, instance)?;
     let readiness = Readiness::new(&config)?;
@@ -127,15 +96,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     }
     let metrics = Metrics::new(&config.topic);
 
-    let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let partitions =
-        common::kafka::check_reachable(&probe, &config.topic, config.connect_timeout).await?;
-    if partitions.is_none() {
-        return Err(Error::Config(format!(
-            "topic {:?} does not exist on {} (the producer creates it; or create it with --partitions)",
-            config.topic, config.brokers
-        )));
-    }
+    check_topic(&config).await?;
 
     let target = Target {
         table,
@@ -145,47 +106,78 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         group: config.group.clone(),
         topic: config.topic.clone(),
     };
-    let mut pg = PgSink::connect(
+    let pg = PgSink::connect(
         &config.database_url,
         config.connect_timeout,
         target,
         instance,
     )
     .await?;
+    let mut committer = Committer::new(
+        pg,
+        csv,
+        config.max_retry_backoff,
+        metrics.postgres_retries.clone(),
+    );
+    committer.recover().await?;
 
-    // Resolve what dead processes left staged: promote committed batches' files.
-    let mut orphans = csv.orphans()?;
-    let mut locked = Vec::new();
-    for dead in orphans.instances() {
-        if pg.try_lock_instance(dead).await? {
-            locked.push(dead);
-        } else {
-            warn!(
-                message = "A previous consumer's database session is still open; its staged files are left for a later start.",
-                instance = %dead
-            );
-            orphans.skip_instance(dead);
-        }
-    }
-    let ids: Vec<Uuid> = orphans.files.iter().map(|(id, _)| *id).collect();
-    let committed = if ids.is_empty() {
-        HashSet::new()
-    } else {
-        pg.committed(&ids).await?
+    let consumer = join_group(&config, &stop)?;
+    info!(
+        message = "Consumer started.",
+        topic = %config.topic,
+        group = %config.group,
+        postgres = %committer.postgres(),
+        output_dir = %config.output_dir.display(),
+        available_now = config.available_now,
+        startup_ms = started.elapsed().as_millis() as u64
+    );
+
+    let mut state = LoopState {
+        config: &config,
+        consumer: &consumer,
+        partitions: Partitions::default(),
+        transform: &transform,
+        columns: &columns,
+        metrics,
+        readiness: &readiness,
+        summary: RunSummary::default(),
+        check_log: None,
+        unassigned_since: None,
     };
-    let (promoted, deleted) = csv.resolve(orphans, &committed)?;
-    if promoted + deleted > 0 {
-        info!(
-            message = "Resolved staged part files of a previous run.",
-            promoted, deleted
-        );
-    }
-    for dead in locked {
-        pg.unlock_instance(dead).await?;
-    }
+    let result = state.run(&mut committer, &stop).await;
+    consumer.unsubscribe();
+    let summary = state.summary;
+    info!(
+        message = "Consumer stopped.",
+        batches = summary.batches,
+        records = summary.records,
+        rows_written = summary.rows_written,
+        dead_letters = summary.dead_letters
+    );
+    result.map(|()| summary)
+}
 
+/// Fails fast (within `--connect-timeout`) when the brokers cannot be reached or
+/// the topic does not exist.
+async fn check_topic(config: &Config) -> Result<(), Error> {
+    let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let partitions =
+        common::kafka::check_reachable(&probe, &config.topic, config.connect_timeout).await?;
+    match partitions {
+        Some(_) => Ok(()),
+        None => Err(Error::NoTopic {
+            topic: config.topic.clone(),
+            brokers: config.brokers.clone(),
+            hint: " (the producer creates it; or create it with --partitions)",
+        }),
+    }
+}
+
+/// Creates the group consumer, whose rebalance callback positions assigned
+/// partitions at the offsets PostgreSQL holds (through the offset oracle).
+fn join_group(config: &Config, stop: &CancellationToken) -> Result<KafkaConsumer, Error> {
     let oracle = OffsetOracle::start(
-        sink::postgres::parse_url(&config.database_url, config.connect_timeout)?,
+        crate::sink::postgres::parse_url(&config.database_url, config.connect_timeout)?,
         config.group.clone(),
         config.topic.clone(),
         config.connect_timeout,
@@ -197,53 +189,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         stop.clone(),
         config.connect_timeout,
     );
-    let consumer = source::create(&config, context)?;
-    info!(
-        message = "Consumer started.",
-        topic = %config.topic,
-        group = %config.group,
-        postgres = %pg.display(),
-        output_dir = %config.output_dir.display(),
-        available_now = config.available_now,
-        startup_ms = started.elapsed().as_millis() as u64
-    );
-
-    let mut state = LoopState {
-        config: &config,
-        consumer: &consumer,
-        generation: 0,
-        assigned: HashMap::new(),
-        committed: HashMap::new(),
-        consumed: HashMap::new(),
-        eof: HashSet::new(),
-        targets: HashMap::new(),
-        metrics,
-        readiness: &readiness,
-    };
-    let mut sinks = Sinks {
-        pg: &mut pg,
-        csv: &csv,
-        transform: &transform,
-        columns: &columns,
-    };
-    let mut summary = RunSummary::default();
-    let result = state.run(&mut sinks, &stop, &mut summary).await;
-    consumer.unsubscribe();
-    info!(
-        message = "Consumer stopped.",
-        batches = summary.batches,
-        records = summary.records,
-        rows_written = summary.rows_written,
-        dead_letters = summary.dead_letters
-    );
-    result.map(|()| summary)
-}
-
-struct Sinks<'a> {
-    pg: &'a mut PgSink,
-    csv: &'a CsvSink,
-    transform: &'a Transform,
-    columns: &'a [sink::Column],
+    source::create(config, context)
 }
 
 /// One micro-batch being collected.
@@ -269,30 +215,42 @@ impl Collecting {
     }
 }
 
+/// A collected batch, transformed and encoded: what the commit needs, and the
+/// figures the log line reports.
+struct Prepared {
+    id: Uuid,
+    records: u64,
+    output: Vec<RecordBatch>,
+    encoded: Encoded,
+    dead: Vec<DeadLetter>,
+    advances: Vec<Advance>,
+    input_rows: usize,
+    output_rows: usize,
+    failed_rows: usize,
+    started: Instant,
+}
+
 struct LoopState<'a> {
     config: &'a Config,
     consumer: &'a KafkaConsumer,
-    generation: u64,
-    /// Partitions this consumer owns, as of `generation`.
-    assigned: HashMap<i32, Option<i64>>,
-    /// The next offset PostgreSQL holds for each owned partition, as far as we know.
-    committed: HashMap<i32, Option<i64>>,
-    /// The next offset after the last message taken, per partition.
-    consumed: HashMap<i32, i64>,
-    /// `--available-now`: partitions that reached their end.
-    eof: HashSet<i32>,
-    /// `--available-now`: the high watermark first seen per partition.
-    targets: HashMap<i32, i64>,
+    partitions: Partitions,
+    transform: &'a Transform,
+    columns: &'a [crate::sink::Column],
     metrics: Metrics,
     readiness: &'a Readiness,
+    summary: RunSummary,
+    /// Positions to check against the log: after an assignment, or because
+    /// librdkafka reported one out of range (`AUTO_OFFSET_RESET`).
+    check_log: Option<gaps::Check>,
+    /// `--available-now`: since when the settled assignment has been empty.
+    unassigned_since: Option<Instant>,
 }
 
 impl LoopState<'_> {
     async fn run(
         &mut self,
-        sinks: &mut Sinks<'_>,
+        committer: &mut Committer,
         stop: &CancellationToken,
-        summary: &mut RunSummary,
     ) -> Result<(), Error> {
         let mut batch = Collecting::new();
         // Wakes an idle loop so that gauges and readiness stay fresh.
@@ -305,22 +263,31 @@ impl LoopState<'_> {
             if self.sync_generation() {
                 batch = Collecting::new();
             }
+            if let Some(check) = self.check_log.take() {
+                let l = gaps::Loop {
+                    config: self.config,
+                    consumer: self.consumer,
+                    partitions: &mut self.partitions,
+                    metrics: &self.metrics,
+                };
+                gaps::resolve(l, check, committer, stop).await?;
+            }
             let records = batch.builder.records();
-            let finished = self.config.available_now && self.all_done();
+            let finished = self.config.available_now && self.all_done()?;
             let due = records > 0 && batch.started.elapsed() >= self.config.trigger_interval;
             if records > 0 && (batch.full(self.config) || due || finished) {
-                batch = self.process(batch, sinks, stop, summary).await?;
+                batch = self.process(batch, committer, stop).await?;
                 continue;
             }
             if finished {
                 return Ok(());
             }
             let deadline = batch.started + self.config.trigger_interval;
-            // `--available-now` re-checks the watermarks while nothing arrives.
+            let recheck = Instant::now() + AVAILABLE_NOW_RECHECK;
             let wake = match (records > 0, self.config.available_now) {
-                (true, true) => deadline.min(Instant::now() + Duration::from_millis(100)),
+                (true, true) => deadline.min(recheck),
                 (true, false) => deadline,
-                (false, _) => Instant::now() + Duration::from_millis(100),
+                (false, _) => recheck,
             };
             tokio::select! {
                 biased;
@@ -337,16 +304,25 @@ impl LoopState<'_> {
     /// Picks up a rebalance. Returns true when the batch being collected must be
     /// dropped (it was read under the previous assignment).
     fn sync_generation(&mut self) -> bool {
-        let generation = self.consumer.context().generation();
-        if generation == self.generation {
+        let context = self.consumer.context();
+        if context.generation() == self.partitions.generation() {
             return false;
         }
-        let a = self.consumer.context().assignment();
-        self.generation = a.generation;
-        self.committed = a.stored.clone();
-        self.assigned = a.stored;
-        self.consumed.clear();
-        self.eof.clear();
+        let a = context.assignment();
+        self.partitions.on_assignment(a.generation, &a.stored);
+        if a.stored.values().any(Option::is_some) {
+            self.check_log = self.check_log.max(Some(gaps::Check::Assignment));
+        }
+        // librdkafka keeps the application's pause flag on a partition that is
+        // assigned again, and a pause made during a commit belongs to the previous
+        // assignment: without this, a rebalance during a long write could leave a
+        // partition paused for good.
+        if let Ok(assigned) = self.consumer.assignment()
+            && assigned.count() > 0
+            && let Err(e) = self.consumer.resume(&assigned)
+        {
+            warn!(message = "Cannot resume the new assignment.", error = %e);
+        }
         true
     }
 
@@ -359,189 +335,220 @@ impl LoopState<'_> {
         if self.sync_generation() {
             *batch = Collecting::new();
         }
-        match message {
-            Ok(m) => {
-                let p = m.partition();
-                if !self.assigned.contains_key(&p) || m.topic() != self.config.topic {
-                    return Ok(()); // not ours (any more): its owner reads it
-                }
-                let floor = batch
-                    .ranges
-                    .get(&p)
-                    .map(|r| r.1 + 1)
-                    .max(self.committed.get(&p).copied().flatten());
-                if floor.is_some_and(|f| m.offset() < f) {
-                    return Ok(()); // already committed: a replay after a rebalance
-                }
-                if batch.builder.records() == 0 {
-                    // The trigger interval counts from the batch's first record.
-                    batch.started = Instant::now();
-                }
-                self.metrics.records.increment(1);
-                self.metrics
-                    .bytes
-                    .increment((m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64);
-                batch.builder.push(
-                    &Origin {
-                        topic: m.topic(),
-                        partition: p,
-                        offset: m.offset(),
-                        timestamp: m.timestamp().to_millis(),
-                        key: m.key(),
-                    },
-                    m.payload(),
-                );
-                batch
-                    .ranges
-                    .entry(p)
-                    .and_modify(|r| r.1 = m.offset())
-                    .or_insert((m.offset(), m.offset()));
-                self.consumed.insert(p, m.offset() + 1);
-                self.eof.remove(&p);
-                Ok(())
-            }
+        let m = match message {
+            Ok(m) => m,
             Err(KafkaError::PartitionEOF(p)) => {
-                self.eof.insert(p);
-                Ok(())
+                self.partitions.on_end(p);
+                return Ok(());
             }
-            Err(KafkaError::MessageConsumptionFatal(code)) => {
-                Err(Error::KafkaRuntime(format!("fatal consumer error: {code}")))
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                self.check_log = Some(gaps::Check::FetchError);
+                return Ok(());
+            }
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                return Err(Error::kafka("fatal consumer error")(e));
             }
             Err(e) => {
                 // Transport errors and the like: librdkafka retries by itself.
                 warn!(message = "Kafka consumer error.", error = %e);
-                Ok(())
+                return Ok(());
             }
+        };
+        let (p, offset) = (m.partition(), m.offset());
+        if m.topic() != self.config.topic || !self.partitions.should_take(p, offset) {
+            return Ok(());
         }
+        if batch.builder.records() == 0 {
+            // The trigger interval counts from the batch's first record.
+            batch.started = Instant::now();
+        }
+        self.metrics.records.increment(1);
+        self.metrics
+            .bytes
+            .increment((m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64);
+        let origin = Origin {
+            topic: m.topic(),
+            partition: p,
+            offset,
+            timestamp: m.timestamp().to_millis(),
+            key: m.key(),
+        };
+        batch.builder.push(&origin, m.payload());
+        batch
+            .ranges
+            .entry(p)
+            .and_modify(|r| r.1 = offset)
+            .or_insert((offset, offset));
+        self.partitions.on_taken(p, offset);
+        Ok(())
     }
 
-    /// `--available-now`: every owned partition has been read up to the high
-    /// watermark first seen for it. Watermarks come from fetch responses (cached by
-    /// librdkafka), which every broker answers correctly, unlike ListOffsets.
-    fn all_done(&mut self) -> bool {
-        if self.generation == 0 || !self.consumer.context().settled() {
-            return false;
+    /// `--available-now`: the assignment is settled and every owned partition has
+    /// been read up to its first-seen high watermark. Watermarks come from fetch
+    /// responses (cached by librdkafka), which every broker answers correctly,
+    /// unlike ListOffsets.
+    /// An empty assignment is waited out for [`NO_ASSIGNMENT_WAIT`], then an error:
+    /// exiting 0 having read nothing would claim a run that did not happen.
+    fn all_done(&mut self) -> Result<bool, Error> {
+        if !self.consumer.context().settled() {
+            return Ok(false);
         }
-        let partitions: Vec<i32> = self.assigned.keys().copied().collect();
-        partitions.into_iter().all(|p| {
-            let Some((low, high)) = source::cached_watermarks(self.consumer, &self.config.topic, p)
-            else {
-                return false;
-            };
-            let target = *self.targets.entry(p).or_insert(high);
-            let position = self
-                .consumed
-                .get(&p)
-                .copied()
-                .or_else(|| self.committed.get(&p).copied().flatten());
-            // EOF also covers trailing transaction markers, which are never delivered.
-            self.eof.contains(&p)
-                || match position {
-                    Some(position) => position >= target,
-                    // Nothing stored and nothing read: done only if the partition is empty.
-                    None => low >= target,
-                }
-        })
+        if self.partitions.owned().is_empty() {
+            let since = *self.unassigned_since.get_or_insert_with(|| {
+                warn!(
+                    message = "--available-now: the group assigned this consumer no partition; other members hold them. Waiting.",
+                    group = %self.config.group,
+                    wait = ?NO_ASSIGNMENT_WAIT
+                );
+                Instant::now()
+            });
+            if since.elapsed() >= NO_ASSIGNMENT_WAIT {
+                return Err(Error::State(format!(
+                    "--available-now: group {:?} assigned this consumer no partition of {:?} \
+                     within {NO_ASSIGNMENT_WAIT:?}: other members hold them all; stop them, or \
+                     use another --group",
+                    self.config.group, self.config.topic
+                )));
+            }
+            return Ok(false);
+        }
+        self.unassigned_since = None;
+        let (consumer, topic) = (self.consumer, &self.config.topic);
+        Ok(self
+            .partitions
+            .all_done(|p| source::cached_watermarks(consumer, topic, p)))
     }
 
     /// Transforms and commits one batch. Returns the next batch, collected meanwhile.
     async fn process(
         &mut self,
         batch: Collecting,
-        sinks: &mut Sinks<'_>,
+        committer: &mut Committer,
         stop: &CancellationToken,
-        summary: &mut RunSummary,
     ) -> Result<Collecting, Error> {
+        let generation = self.partitions.generation();
+        let prepared = self.prepare(batch).await?;
+        let (outcome, mut next) = self
+            .commit_while_polling(&prepared, committer, stop)
+            .await?;
+        match outcome {
+            Outcome::Committed(committed) => {
+                let advanced = prepared.advances.iter().map(|a| (a.partition, a.next));
+                self.partitions.on_committed(advanced);
+                if self.partitions.generation() != generation {
+                    // Partitions were re-assigned while we wrote, positioned at offsets
+                    // read before this commit landed: what `next` holds may overlap the
+                    // batch just committed. Drop it, and seek every owned partition back
+                    // to what PostgreSQL now holds: librdkafka's fetch position is past
+                    // what `next` held, and those records must be read again.
+                    next = Collecting::new();
+                    self.seek_to_stored(committer, stop).await?;
+                }
+                self.commit_to_kafka(&prepared.advances);
+                self.report(&prepared, &committed);
+                Ok(next)
+            }
+            Outcome::Conflict => {
+                warn!(
+                    message = "Another consumer moved the offsets first; batch dropped, rewinding to the stored offsets.",
+                    batch = %prepared.id,
+                    partitions = %describe_ranges(&prepared.advances)
+                );
+                self.rewind(committer, stop).await?;
+                Ok(Collecting::new())
+            }
+            // Stopping: what is staged is resolved at the next start.
+            Outcome::Stopped => Ok(Collecting::new()),
+        }
+    }
+
+    /// Runs the transform (isolating rows it fails on), encodes the output for
+    /// COPY, and says how far each partition moves.
+    async fn prepare(&self, batch: Collecting) -> Result<Prepared, Error> {
         let started = Instant::now();
         let records = batch.builder.records();
-        let ranges = batch.ranges;
         let (input, mut dead) = batch.builder.finish();
         let input_rows = input.num_rows();
-        let (output, failed) = sinks.transform.run_isolating(input).await;
+        let (output, failed) = self.transform.run_isolating(input).await;
         dead.extend(
             failed
                 .iter()
-                .map(|(row, reason)| transform_dead_letter(row, reason)),
+                .map(|(row, reason)| DeadLetter::transform_failed(row, reason)),
         );
         let output_rows: usize = output.iter().map(RecordBatch::num_rows).sum();
         if self.config.show > 0 && output_rows > 0 {
             show(&output, self.config.show);
         }
-        let encoded = copy::encode(&output, sinks.columns)?;
-        let id = Uuid::now_v7();
-        let staged = stage_with_retries(sinks.csv, id, &output, stop).await;
-        let Some(staged) = staged else {
-            return Ok(Collecting::new()); // stopping
-        };
-        let advances: Vec<Advance> = ranges
+        let encoded = copy::encode(&output, self.columns)?;
+        let advances = batch
+            .ranges
             .iter()
             .map(|(p, (first, last))| Advance {
                 partition: *p,
-                expected: self.committed.get(p).copied().flatten(),
+                stored: self.partitions.stored(*p),
                 next: last + 1,
                 first: *first,
             })
             .collect();
-        let part_file = staged.as_ref().map(|s| part_name(s.batch));
-        let write = BatchWrite {
-            id,
-            encoded: &encoded,
-            dead_letters: &dead,
-            advances: &advances,
-            part_file: part_file.as_deref(),
+        Ok(Prepared {
+            id: Uuid::now_v7(),
             records,
-        };
+            output,
+            encoded,
+            dead,
+            advances,
+            input_rows,
+            output_rows,
+            failed_rows: failed.len(),
+            started,
+        })
+    }
 
-        // Keep polling (and collecting the next batch) while the batch is written.
-        // Once the next batch is full, polling stops and librdkafka's bounded queue
-        // holds what arrives; only a write that outlasts HOLD_BEFORE_PAUSE pauses
-        // the partitions, so that polling (and the group membership it keeps alive)
-        // can go on. Pausing is the exception because librdkafka drops what it
-        // prefetched when a partition is paused, and fetches it again on resume.
+    /// Commits the batch while polling goes on (collecting the next batch) under
+    /// [`Backpressure`]. Returns the outcome and the next batch.
+    async fn commit_while_polling(
+        &mut self,
+        prepared: &Prepared,
+        committer: &mut Committer,
+        stop: &CancellationToken,
+    ) -> Result<(Outcome, Collecting), Error> {
+        let batch = commit::Batch {
+            id: prepared.id,
+            output: &prepared.output,
+            encoded: &prepared.encoded,
+            dead_letters: &prepared.dead,
+            advances: &prepared.advances,
+            records: prepared.records,
+        };
         let mut next = Collecting::new();
-        let generation = self.generation;
+        let mut pressure = Backpressure::new(HOLD_BEFORE_PAUSE);
         let mut paused: Option<TopicPartitionList> = None;
-        let mut full_since: Option<Instant> = None;
-        // Pausing was attempted for the current assignment (whether it worked or
-        // not: a failed pause goes back to polling rather than spinning).
-        let mut pause_tried = false;
         let mut tick = tokio::time::interval(OBSERVE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let write_started = Instant::now();
-        let retries = self.metrics.postgres_retries.clone();
         let outcome = {
-            let attempt = write_with_retries(
-                sinks.pg,
-                &write,
-                stop,
-                self.config.max_retry_backoff,
-                &retries,
-            );
-            tokio::pin!(attempt);
+            let committing = committer.commit(&batch, stop);
+            tokio::pin!(committing);
             loop {
-                let holding = !pause_tried && full_since.is_some();
-                let pause_at = full_since.unwrap_or_else(Instant::now) + HOLD_BEFORE_PAUSE;
+                let pause_at = pressure.pause_at();
                 tokio::select! {
                     biased;
-                    outcome = &mut attempt => break outcome,
-                    () = tokio::time::sleep_until(pause_at.into()), if holding => {
+                    outcome = &mut committing => break outcome,
+                    () = tokio::time::sleep_until(pause_at.unwrap_or_else(Instant::now).into()),
+                        if pause_at.is_some() => {
                         paused = self.pause();
-                        pause_tried = true;
+                        pressure.on_pause_tried();
                     }
                     _ = tick.tick() => self.observe(),
-                    m = self.consumer.recv(), if !holding => {
-                        let seen = self.generation;
+                    m = self.consumer.recv(), if pressure.should_poll() => {
+                        let seen = self.partitions.generation();
                         self.take(&mut next, m)?;
-                        if self.generation != seen {
-                            // A rebalance: `next` was reset and the new assignment is
-                            // not paused; hold (and pause) afresh when it fills.
-                            full_since = None;
+                        if self.partitions.generation() != seen {
+                            // `next` was reset and the new assignment is not paused.
                             paused = None;
-                            pause_tried = false;
+                            pressure.on_rebalance();
                         }
-                        if full_since.is_none() && next.full(self.config) {
-                            full_since = Some(Instant::now());
-                        }
+                        pressure.on_taken(next.full(self.config), Instant::now());
                     }
                 }
             }
@@ -553,111 +560,59 @@ impl LoopState<'_> {
             // librdkafka resumes at the next message not yet handed to us.
             self.consumer
                 .resume(&tpl)
-                .map_err(|e| Error::KafkaRuntime(format!("cannot resume partitions: {e}")))?;
+                .map_err(Error::kafka("cannot resume partitions"))?;
         }
-        let outcome = match outcome {
-            Some(Outcome::Conflict) => match committed_with_retries(sinks.pg, id, stop).await {
-                // The commit went through but its answer was lost: take the figures
-                // the batch recorded (dead letters beyond ours were refused rows).
-                Some(Some((rows_written, dead_letters))) => Outcome::Committed {
-                    rows_written,
-                    rejected_rows: dead_letters.saturating_sub(dead.len() as u64),
-                    dead_letters,
-                },
-                Some(None) => Outcome::Conflict,
-                None => return Ok(next), // stopping: the staged file is resolved at the next start
-            },
-            Some(o) => o,
-            None => return Ok(next), // stopping; a staged file is resolved at the next start
-        };
-        match outcome {
-            Outcome::Committed {
-                rows_written,
-                rejected_rows,
-                dead_letters,
-            } => {
-                let file = match &staged {
-                    Some(s) => Some(promote_with_retries(sinks.csv, s, stop).await),
-                    None => None,
-                };
-                for a in &advances {
-                    if self.assigned.contains_key(&a.partition) {
-                        self.committed.insert(a.partition, Some(a.next));
-                    }
-                }
-                if self.generation != generation {
-                    // Partitions were re-assigned while we wrote, positioned at offsets
-                    // read before this commit landed: what `next` holds may overlap the
-                    // batch just committed. Drop it, and seek every owned partition back
-                    // to what PostgreSQL now holds: librdkafka's fetch position is past
-                    // what `next` held, and those records must be read again.
-                    next = Collecting::new();
-                    self.seek_to_stored(sinks.pg, stop).await;
-                }
-                self.commit_to_kafka(&advances);
-                let elapsed = started.elapsed();
-                let filtered = input_rows.saturating_sub(output_rows + failed.len());
-                self.metrics.batches.increment(1);
-                self.metrics.batch_duration.record(elapsed.as_secs_f64());
-                self.metrics.rows_written.increment(rows_written);
-                self.metrics.rows_filtered.increment(filtered as u64);
-                self.metrics.dead_letters(
-                    dead.iter()
-                        .map(|d| d.stage)
-                        .chain((0..rejected_rows).map(|_| "sink")),
-                );
-                self.metrics.committed_now();
-                self.observe();
-                summary.batches += 1;
-                summary.records += records;
-                summary.rows_written += rows_written;
-                summary.dead_letters += dead_letters;
-                info!(
-                    message = "Batch committed.",
-                    batch = %id,
-                    records,
-                    rows_out = output_rows,
-                    rows_written,
-                    filtered,
-                    dead_letters,
-                    rejected_rows,
-                    partitions = %describe_ranges(&advances),
-                    part_file = file.flatten().as_deref().unwrap_or("-"),
-                    duration_ms = elapsed.as_millis() as u64,
-                    rows_per_s = (records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
-                );
-                Ok(next)
-            }
-            Outcome::Conflict => {
-                if let Some(s) = staged {
-                    sinks.csv.discard(s);
-                }
-                warn!(
-                    message = "Another consumer moved the offsets first; batch dropped, rewinding to the stored offsets.",
-                    batch = %id,
-                    partitions = %describe_ranges(&advances)
-                );
-                self.rewind(sinks.pg, stop).await;
-                Ok(Collecting::new())
-            }
-        }
+        Ok((outcome?, next))
+    }
+
+    /// Metrics, the run's summary and the log line of a committed batch.
+    fn report(&mut self, p: &Prepared, c: &Committed) {
+        let elapsed = p.started.elapsed();
+        let filtered = p.input_rows.saturating_sub(p.output_rows + p.failed_rows);
+        self.metrics.batches.increment(1);
+        self.metrics.batch_duration.record(elapsed.as_secs_f64());
+        self.metrics.rows_written.increment(c.rows_written);
+        self.metrics.rows_filtered.increment(filtered as u64);
+        let sink_stage = (0..c.rejected_rows).map(|_| Stage::Sink);
+        self.metrics
+            .dead_letters(p.dead.iter().map(|d| d.stage).chain(sink_stage));
+        self.metrics.committed_now();
+        self.observe();
+        self.summary.batches += 1;
+        self.summary.records += p.records;
+        self.summary.rows_written += c.rows_written;
+        self.summary.dead_letters += c.dead_letters;
+        info!(
+            message = "Batch committed.",
+            batch = %p.id,
+            records = p.records,
+            rows_out = p.output_rows,
+            rows_written = c.rows_written,
+            filtered,
+            dead_letters = c.dead_letters,
+            rejected_rows = c.rejected_rows,
+            partitions = %describe_ranges(&p.advances),
+            part_file = c.part_file.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_millis() as u64,
+            rows_per_s = (p.records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
+        );
     }
 
     /// Refreshes the per-partition gauges and the readiness flag (on the one-second
     /// tick and after each commit).
     fn observe(&mut self) {
-        let settled = self.generation > 0 && self.consumer.context().settled();
+        let settled = self.partitions.generation() > 0 && self.consumer.context().settled();
         self.readiness.set_assigned(settled);
         if !settled {
             return;
         }
         let owned = self
-            .assigned
-            .keys()
+            .partitions
+            .owned()
+            .into_iter()
             .map(|p| {
-                let stored = self.committed.get(p).copied().flatten();
-                let marks = source::cached_watermarks(self.consumer, &self.config.topic, *p);
-                (*p, (stored, marks))
+                let marks = source::cached_watermarks(self.consumer, &self.config.topic, p);
+                (p, (self.partitions.stored(p), marks))
             })
             .collect();
         self.metrics.partitions(&owned);
@@ -671,24 +626,27 @@ impl LoopState<'_> {
 
     /// Re-reads the stored offsets of the owned partitions and seeks to them. After
     /// a rebalance there is nothing to do: the new assignment starts at stored offsets.
-    async fn rewind(&mut self, pg: &mut PgSink, stop: &CancellationToken) {
+    async fn rewind(
+        &mut self,
+        committer: &mut Committer,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
         if self.sync_generation() {
-            return;
+            return Ok(());
         }
-        self.seek_to_stored(pg, stop).await;
+        self.seek_to_stored(committer, stop).await
     }
 
     /// Seeks every owned partition to the offset PostgreSQL holds for it (or the
     /// starting position when it holds none).
-    async fn seek_to_stored(&mut self, pg: &mut PgSink, stop: &CancellationToken) {
-        let partitions: Vec<i32> = self.assigned.keys().copied().collect();
-        let max = self.config.max_retry_backoff;
-        let Some(stored) = retry("reading stored offsets", stop, max, async || {
-            pg.load_offsets(&partitions).await
-        })
-        .await
-        else {
-            return;
+    async fn seek_to_stored(
+        &mut self,
+        committer: &mut Committer,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
+        let partitions = self.partitions.owned();
+        let Some(stored) = committer.stored_offsets(&partitions, stop).await? else {
+            return Ok(()); // stopping
         };
         for p in partitions {
             let offset = match stored.get(&p) {
@@ -702,9 +660,9 @@ impl LoopState<'_> {
                 // Most likely revoked meanwhile: the next assignment positions it.
                 warn!(message = "Cannot seek partition.", partition = p, error = %e);
             }
-            self.committed.insert(p, stored.get(&p).copied());
         }
-        self.consumed.clear();
+        self.partitions.on_rewind(&stored);
+        Ok(())
     }
 
     /// Advisory: lets standard lag tools see the progress. PostgreSQL has the truth.
@@ -712,7 +670,7 @@ impl LoopState<'_> {
         let mut tpl = TopicPartitionList::new();
         for a in advances
             .iter()
-            .filter(|a| self.assigned.contains_key(&a.partition))
+            .filter(|a| self.partitions.owns(a.partition))
         {
             let _ =
                 tpl.add_partition_offset(&self.config.topic, a.partition, Offset::Offset(a.next));
@@ -720,149 +678,6 @@ impl LoopState<'_> {
         if tpl.count() > 0 {
             let _ = self.consumer.commit(&tpl, CommitMode::Async);
         }
-    }
-}
-
-/// Writes the batch, retrying with backoff until it commits, conflicts, or the
-/// consumer stops (`None`). An attempt under way when stopping gets a short grace.
-async fn write_with_retries(
-    pg: &mut PgSink,
-    write: &BatchWrite<'_>,
-    stop: &CancellationToken,
-    max_backoff: Duration,
-    retries: &metrics::Counter,
-) -> Option<Outcome> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        let result = tokio::select! {
-            biased;
-            r = pg.write(write) => r,
-            () = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => return None,
-        };
-        match result {
-            Ok(outcome) => return Some(outcome),
-            Err(e) => {
-                retries.increment(1);
-                pg.failed(&e, attempt, delay);
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max_backoff);
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Runs `op` until it succeeds, with exponential backoff (200 ms doubling up to
-/// `max`) and a log line per failure. `None` when the consumer stops first.
-async fn retry<T, E: std::fmt::Display>(
-    what: &str,
-    stop: &CancellationToken,
-    max: Duration,
-    mut op: impl AsyncFnMut() -> Result<T, E>,
-) -> Option<T> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1u32;
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                warn!(message = "Retrying.", what, error = %e, attempt, retry_in = ?delay);
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max);
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Asks whether a batch committed (and with which figures), until PostgreSQL
-/// answers: guessing "no" could delete the part file of a committed batch.
-async fn committed_with_retries(
-    pg: &mut PgSink,
-    id: Uuid,
-    stop: &CancellationToken,
-) -> Option<Option<(u64, u64)>> {
-    retry(
-        "checking whether the batch committed",
-        stop,
-        Duration::from_secs(10),
-        async || pg.recorded(id).await,
-    )
-    .await
-}
-
-/// Stages the part file, retrying while the disk refuses.
-async fn stage_with_retries(
-    csv: &CsvSink,
-    id: Uuid,
-    output: &[RecordBatch],
-    stop: &CancellationToken,
-) -> Option<Option<Staged>> {
-    retry(
-        "writing the part file",
-        stop,
-        Duration::from_secs(10),
-        async || csv.stage(id, output).inspect_err(|_| csv.discard_all()),
-    )
-    .await
-}
-
-/// Promotes a committed batch's file; the batch is committed, so this must happen:
-/// retry until it does (or leave it to the next start's recovery when stopping).
-async fn promote_with_retries(
-    csv: &CsvSink,
-    staged: &Staged,
-    stop: &CancellationToken,
-) -> Option<String> {
-    retry(
-        "promoting the part file",
-        stop,
-        Duration::from_secs(10),
-        async || csv.promote(staged).map(|p| p.display().to_string()),
-    )
-    .await
-}
-
-/// An input row the transform could not process, kept with its Kafka coordinates.
-fn transform_dead_letter(row: &RecordBatch, reason: &str) -> DeadLetter {
-    let topic = row
-        .column_by_name("topic")
-        .map(|a| a.as_string::<i32>().value(0).to_string());
-    let partition = row
-        .column_by_name("partition")
-        .map(|a| a.as_primitive::<Int32Type>().value(0));
-    let offset = row
-        .column_by_name("offset")
-        .map(|a| a.as_primitive::<Int64Type>().value(0));
-    let timestamp = row.column_by_name("timestamp").and_then(|a| {
-        let a = a.as_primitive::<TimestampMillisecondType>();
-        a.is_valid(0).then(|| a.value(0))
-    });
-    let key = row.column_by_name("key").and_then(|a| {
-        let a = a.as_binary::<i32>();
-        a.is_valid(0).then(|| a.value(0).to_vec())
-    });
-    let fields: Vec<usize> = (0..events::FIELDS.len()).collect();
-    let payload = row
-        .project(&fields)
-        .map(|r| copy::row_json(&r, 0).into_bytes())
-        .ok();
-    DeadLetter {
-        topic,
-        partition,
-        offset,
-        timestamp,
-        key,
-        payload,
-        reason: format!("transform failed: {reason}"),
-        stage: "transform",
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
+use common::backoff::Backoff;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, StartingOffsets};
-use crate::offsets;
+use crate::ledger;
 
 /// The consumer type of the pipeline.
 pub type KafkaConsumer = StreamConsumer<PipelineContext>;
@@ -81,7 +82,7 @@ impl OffsetOracle {
                                 .ok();
                         }
                         let result = match &client {
-                            Some(c) => offsets::load(c, &group, &topic, &partitions)
+                            Some(c) => ledger::load(c, &group, &topic, &partitions)
                                 .await
                                 .map_err(|e| crate::sink::postgres::reason(&e)),
                             None => Err("cannot connect to PostgreSQL".to_string()),
@@ -160,8 +161,9 @@ impl PipelineContext {
     /// Stored offsets of `partitions`, retried with backoff while PostgreSQL is
     /// unreachable (the consumer cannot start reading without them) unless stopping.
     fn stored_offsets(&self, partitions: Vec<i32>) -> Option<HashMap<i32, i64>> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
+        // A blocking loop (the callback runs inside librdkafka's poll), on the
+        // workspace's one backoff schedule.
+        let mut backoff = Backoff::new(crate::retry::FIRST_DELAY, Duration::from_secs(5));
         loop {
             match self.oracle.load(partitions.clone(), self.retry) {
                 Ok(found) => return Some(found),
@@ -169,15 +171,14 @@ impl PipelineContext {
                     if self.stop.is_cancelled() {
                         return None;
                     }
+                    let delay = backoff.fail();
                     warn!(
                         message = "Cannot read stored offsets for assigned partitions, retrying.",
                         error = %e,
-                        attempt,
+                        attempt = backoff.failures(),
                         retry_in = ?delay
                     );
                     std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    attempt += 1;
                 }
             }
         }
@@ -274,13 +275,12 @@ pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set(
-            "auto.offset.reset",
-            match config.starting_offsets {
-                StartingOffsets::Earliest => "earliest",
-                StartingOffsets::Latest => "latest",
-            },
-        )
+        // Never reset silently: a position outside the log (past its end, or
+        // before its start after retention) comes to the loop as an error, which
+        // decides and records what happens (`--offsets-past-end`, `pipeline_gaps`).
+        // Partitions with nothing stored start at `--starting-offsets`, set in the
+        // assignment itself, so this setting never applies to them.
+        .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
         // Bound what librdkafka buffers ahead of the pipeline (backpressure) to about
         // one batch's bytes per partition. Its message-count floor stays at the
@@ -303,14 +303,7 @@ pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer
         .set("partition.assignment.strategy", "range,roundrobin");
     for option in &config.kafka_options {
         let (k, v) = common::kafka::parse_option(option)?;
-        if (k == "partition.assignment.strategy" && v.contains("cooperative"))
-            || (k == "group.protocol" && v != "classic")
-        {
-            return Err(crate::Error::Config(format!(
-                "-X {k}={v} is not supported: the offset protocol needs eager rebalancing \
-                 (every partition revoked and re-positioned from PostgreSQL)"
-            )));
-        }
+        check_override(&k, &v).map_err(crate::Error::Config)?;
         client.set(k, v);
     }
     let consumer: KafkaConsumer = client
@@ -318,8 +311,37 @@ pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer
         .map_err(|e| crate::Error::Config(format!("Kafka consumer: {e}")))?;
     consumer
         .subscribe(&[&config.topic])
-        .map_err(|e| crate::Error::Config(format!("cannot subscribe to {}: {e}", config.topic)))?;
+        .map_err(crate::Error::kafka(format!(
+            "cannot subscribe to {}",
+            config.topic
+        )))?;
     Ok(consumer)
+}
+
+/// Refuses `-X` overrides of the settings the offset protocol rests on, with the
+/// reason.
+pub fn check_override(key: &str, value: &str) -> Result<(), String> {
+    let why = match key {
+        "enable.auto.commit" | "enable.auto.offset.store" => {
+            "offsets are stored in PostgreSQL with the data; Kafka's are advisory"
+        }
+        "enable.partition.eof" => "--available-now needs the end-of-partition events",
+        "isolation.level" => "aborted transactions must never be written",
+        "auto.offset.reset" => {
+            "a position outside the log is decided by --offsets-past-end and recorded in \
+             pipeline_gaps; where nothing is stored, use --starting-offsets"
+        }
+        "partition.assignment.strategy" if value.contains("cooperative") => {
+            "the offset protocol needs eager rebalancing (every partition revoked and \
+             re-positioned from PostgreSQL)"
+        }
+        "group.protocol" if value != "classic" => {
+            "the offset protocol needs eager rebalancing (every partition revoked and \
+             re-positioned from PostgreSQL)"
+        }
+        _ => return Ok(()),
+    };
+    Err(format!("-X {key}={value} is not supported: {why}"))
 }
 
 /// The low and high watermarks librdkafka last saw in a fetch response for
@@ -345,4 +367,36 @@ pub fn cached_watermarks(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some((low.max(0), high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_the_protocol_rests_on_are_refused_with_a_reason() {
+        for (k, v) in [
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "true"),
+            ("enable.partition.eof", "false"),
+            ("isolation.level", "read_uncommitted"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("group.protocol", "consumer"),
+        ] {
+            let e = check_override(k, v).unwrap_err();
+            assert!(
+                e.starts_with(&format!("-X {k}={v} is not supported: ")),
+                "{e}"
+            );
+        }
+        for (k, v) in [
+            ("fetch.max.bytes", "1000000"),
+            ("partition.assignment.strategy", "roundrobin"),
+            ("group.protocol", "classic"),
+            ("group.instance.id", "a"),
+        ] {
+            assert!(check_override(k, v).is_ok(), "{k}");
+        }
+    }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
+use crate::dead_letter::Stage;
+
 pub const RECORDS_CONSUMED: &str = "users_pipeline_records_consumed_total";
 pub const BYTES_CONSUMED: &str = "users_pipeline_bytes_consumed_total";
 pub const ROWS_WRITTEN: &str = "users_pipeline_rows_written_total";
@@ -25,17 +27,10 @@ pub const HIGH_WATERMARK: &str = "users_pipeline_partition_high_watermark";
 pub const LAG: &str = "users_pipeline_partition_lag";
 pub const LAST_COMMIT: &str = "users_pipeline_last_commit_timestamp_seconds";
 pub const ASSIGNED_PARTITIONS: &str = "users_pipeline_assigned_partitions";
-
-/// The `reason` label of a dead letter, from the stage that refused it: a bounded
-/// set of values (the full message is in the dead-letter table).
-pub fn dead_letter_reason(stage: &str) -> &'static str {
-    match stage {
-        "decode" => "malformed",
-        "transform" => "transform_failed",
-        "sink" => "rejected_by_postgres",
-        _ => "other",
-    }
-}
+/// Positions found outside the log, by kind (`before_log_start`, `past_log_end`).
+pub const OFFSET_GAPS: &str = "users_pipeline_offset_gaps_total";
+/// Records deleted by retention before they were read.
+pub const RECORDS_LOST: &str = "users_pipeline_records_lost_total";
 
 /// One owned partition: the next offset PostgreSQL holds, and the low and high
 /// watermarks last seen in a fetch response.
@@ -63,9 +58,13 @@ impl Metrics {
     pub fn new(topic: &str) -> Self {
         common::telemetry::build_info("users_pipeline_consumer", env!("CARGO_PKG_VERSION"));
         // Registered with zero so that a scrape before the first batch sees them.
-        for reason in ["malformed", "transform_failed", "rejected_by_postgres"] {
-            counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+        for stage in Stage::ALL {
+            counter!(DEAD_LETTERS, "reason" => stage.metric_reason()).absolute(0);
         }
+        for kind in ["before_log_start", "past_log_end"] {
+            counter!(OFFSET_GAPS, "kind" => kind).absolute(0);
+        }
+        counter!(RECORDS_LOST).absolute(0);
         Self {
             records: counter!(RECORDS_CONSUMED),
             bytes: counter!(BYTES_CONSUMED),
@@ -81,10 +80,16 @@ impl Metrics {
         }
     }
 
-    pub fn dead_letters(&self, stages: impl IntoIterator<Item = &'static str>) {
+    pub fn dead_letters(&self, stages: impl IntoIterator<Item = Stage>) {
         for stage in stages {
-            counter!(DEAD_LETTERS, "reason" => dead_letter_reason(stage)).increment(1);
+            counter!(DEAD_LETTERS, "reason" => stage.metric_reason()).increment(1);
         }
+    }
+
+    /// A position outside the log was found (and `lost` records skipped).
+    pub fn gap(&self, kind: &'static str, lost: u64) {
+        counter!(OFFSET_GAPS, "kind" => kind).increment(1);
+        counter!(RECORDS_LOST).increment(lost);
     }
 
     pub fn committed_now(&mut self) {
@@ -116,7 +121,7 @@ impl Metrics {
             }
             if let Some((low, high)) = marks {
                 gauge!(HIGH_WATERMARK, &labels).set(*high as f64);
-                let lag = crate::offsets::lag(*stored, *low, *high);
+                let lag = crate::ledger::lag(*stored, *low, *high);
                 gauge!(LAG, &labels).set(lag as f64);
             }
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::decode::input_schema;
@@ -23,6 +24,15 @@ pub const INPUT_TABLE: &str = "events";
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct TransformError(#[from] datafusion::error::DataFusionError);
+
+/// A query, nothing else: DDL (CREATE TABLE ...), DML (INSERT, COPY TO) and
+/// statements (SET) are refused at planning, with DataFusion's reason.
+fn only_queries() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
 
 /// A planned query.
 pub struct Transform {
@@ -42,7 +52,7 @@ impl Transform {
         let ctx = SessionContext::new_with_config(config);
         let empty = RecordBatch::new_empty(input_schema());
         ctx.register_batch(INPUT_TABLE, empty)?;
-        let df = ctx.sql(sql).await?;
+        let df = ctx.sql_with_options(sql, only_queries()).await?;
         // Plan the physical side too: some errors only show up there.
         let plan = df.create_physical_plan().await?;
         let output = plan.schema();
@@ -64,7 +74,12 @@ impl Transform {
         let table = MemTable::try_new(input_schema(), vec![vec![batch]])?;
         self.ctx.deregister_table(INPUT_TABLE)?;
         self.ctx.register_table(INPUT_TABLE, Arc::new(table))?;
-        let out = self.ctx.sql(&self.sql).await?.collect().await?;
+        let out = self
+            .ctx
+            .sql_with_options(&self.sql, only_queries())
+            .await?
+            .collect()
+            .await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
@@ -210,6 +225,18 @@ mod tests {
             ],
             &out
         );
+    }
+
+    #[tokio::test]
+    async fn statements_other_than_a_query_are_refused() {
+        for sql in [
+            "CREATE TABLE t AS SELECT * FROM events",
+            "INSERT INTO events SELECT * FROM events",
+            "COPY events TO '/tmp/x.csv'",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            assert!(Transform::new(sql).await.is_err(), "{sql}");
+        }
     }
 
     #[tokio::test]

@@ -102,7 +102,8 @@ async fn fetch_with_retries(
     batch: u32,
     attempts: u32,
 ) -> Result<RandomUserResponse, Error> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff =
+        common::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
     let mut last = String::new();
     for attempt in 1..=attempts {
         let result = async {
@@ -120,8 +121,9 @@ async fn fetch_with_retries(
             Ok(r) => return Ok(r),
             Err(e) => {
                 // reqwest's own message hides the cause; the chain names it.
-                last = error_chain(&e);
+                last = common::cli::one_line(&e);
                 if attempt < attempts {
+                    let delay = backoff.fail();
                     warn!(
                         message = "Random User API request failed, retrying.",
                         attempt,
@@ -129,7 +131,6 @@ async fn fetch_with_retries(
                         retry_in = ?delay
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(8));
                 }
             }
         }
@@ -139,17 +140,6 @@ async fn fetch_with_retries(
         attempts,
         reason: last,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 async fn feed_file(

@@ -27,6 +27,14 @@ pub struct CsvError {
     pub reason: String,
 }
 
+impl crate::retry::Retriable for CsvError {
+    /// A full or failing disk may heal (space freed, a mount back): the file steps
+    /// are retried; opening the output directory at start-up is not retried at all.
+    fn retriable(&self) -> bool {
+        true
+    }
+}
+
 fn err(path: &Path, reason: impl std::fmt::Display) -> CsvError {
     CsvError {
         path: path.display().to_string(),

@@ -1,16 +1,19 @@
-//! PostgreSQL: rows, dead letters and offsets of a batch in one transaction.
+//! PostgreSQL: the user's output table, the session, and what fails how.
 //!
 //! Rows are staged with binary COPY into a temporary table, then merged with one
 //! `INSERT ... SELECT DISTINCT ON (key) ... ON CONFLICT DO UPDATE`, which keeps the
 //! last row per key of the batch (so a query that forgets to de-duplicate never hits
 //! "ON CONFLICT DO UPDATE command cannot affect row a second time"). A row that the
-//! database refuses (a constraint the user added, say) must neither stop nor loop
-//! the pipeline: the merge is retried on halves of the batch under savepoints until
-//! the offending rows are isolated, and those become dead letters carrying the
-//! database's message. Connection errors are not data errors: the caller retries the
-//! whole transaction.
+//! database refuses must neither stop nor loop the pipeline: [`merge`] retries the
+//! statement on halves of the batch under savepoints until the refused rows are
+//! isolated. Which failures are about rows, which heal by waiting and which need an
+//! operator is decided once, by SQLSTATE, in [`fault`].
+//!
+//! The batch's transaction itself (rows, dead letters, offsets, batch log) is
+//! `commit`'s; the pipeline's own tables are the `ledger`'s.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -19,75 +22,156 @@ use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::copy::Encoded;
 use super::{Column, quote_ident};
-use crate::decode::DeadLetter;
-use crate::offsets::{self, Advance};
+use crate::ledger::{self, locks};
+use crate::retry::Retriable;
 
-/// Errors of the PostgreSQL sink.
+/// Errors of the PostgreSQL sink. Each keeps the driver's error (and so its
+/// SQLSTATE) where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to PostgreSQL ({target}): {reason}")]
-    Connect { target: String, reason: String },
+    #[error("cannot connect to PostgreSQL ({target}): {cause}")]
+    Connect {
+        target: String,
+        #[source]
+        cause: ConnectError,
+    },
+    #[error(
+        "cannot connect to PostgreSQL ({target}): database {name:?} is missing and cannot be created: {cause}"
+    )]
+    CreateDatabase {
+        target: String,
+        name: String,
+        #[source]
+        cause: ConnectError,
+    },
     #[error("invalid --database-url: {0}")]
-    Url(String),
+    Url(#[source] PgCause),
     #[error("table {table}: {reason}")]
     Schema { table: String, reason: String },
     #[error("PostgreSQL: {0}")]
-    Db(String),
+    Db(#[source] PgCause),
     #[error("database {0:?} does not exist")]
     NoDatabase(String),
 }
 
-impl PgError {
-    pub(crate) fn db(e: &tokio_postgres::Error) -> Self {
-        PgError::Db(reason(e))
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(PgCause(e))
     }
 }
+
+impl PgError {
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            PgError::Db(c) | PgError::Url(c) => c.0.code(),
+            PgError::Connect { cause, .. } => cause.code(),
+            _ => None,
+        }
+    }
+
+    /// What the failure means for the batch.
+    pub fn fault(&self) -> Fault {
+        match self {
+            PgError::Db(c) => fault(&c.0),
+            // Mid-run, a lost server comes back; at start-up nothing is retried.
+            PgError::Connect { .. } => Fault::Transient,
+            PgError::Url(_)
+            | PgError::Schema { .. }
+            | PgError::NoDatabase(_)
+            | PgError::CreateDatabase { .. } => Fault::Fatal,
+        }
+    }
+}
+
+impl Retriable for PgError {
+    fn retriable(&self) -> bool {
+        self.fault() == Fault::Transient
+    }
+}
+
+/// A driver error, shown as its most useful line: the server's message and
+/// SQLSTATE, or the chain of causes (which the message already carries, so the
+/// chain ends here).
+#[derive(Debug)]
+pub struct PgCause(pub tokio_postgres::Error);
+
+impl fmt::Display for PgCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&reason(&self.0))
+    }
+}
+
+impl std::error::Error for PgCause {}
 
 /// The most useful one-line description of a driver error.
 pub fn reason(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({})", db.message(), db.code().code());
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => common::cli::one_line(e),
     }
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
+}
+
+/// What a failed statement means for the batch it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Heals by waiting (connection lost, server restarting, deadlock, lock
+    /// timeout, resources short): retry the whole transaction with backoff.
+    Transient,
+    /// About the rows (a value, a constraint, a trigger, a size limit): isolate
+    /// them as dead letters and commit the rest.
+    Rows,
+    /// About the statement or the schema (permissions, a dropped table, a type
+    /// changed under us): neither retrying nor isolating rows can help.
+    Fatal,
+}
+
+/// Classifies a driver error by its SQLSTATE; no SQLSTATE means the connection
+/// failed (I/O, closed), which is transient.
+pub fn fault(e: &tokio_postgres::Error) -> Fault {
+    e.code().map_or(Fault::Transient, |c| fault_of(c.code()))
+}
+
+/// The SQLSTATE table behind [`fault`].
+pub fn fault_of(code: &str) -> Fault {
+    const TRANSIENT: [&str; 11] = [
+        "40001", // serialization_failure
+        "40P01", // deadlock_detected
+        "40003", // statement_completion_unknown
+        "55P03", // lock_not_available (lock_timeout)
+        "55006", // object_in_use
+        "57014", // query_canceled (statement_timeout)
+        "57P01", // admin_shutdown
+        "57P02", // crash_shutdown
+        "57P03", // cannot_connect_now (starting up)
+        "25006", // read_only_sql_transaction (a failover in progress)
+        "25P03", // idle_in_transaction_session_timeout
+    ];
+    const TRANSIENT_CLASSES: [&str; 3] = [
+        "08", // connection exception
+        "53", // insufficient resources (disk full, out of memory, too many connections)
+        "58", // system error (I/O)
+    ];
+    const ROW_CLASSES: [&str; 9] = [
+        "22", // data exception (a value out of range, bad encoding, ...)
+        "23", // integrity constraint violation
+        "27", // triggered data change violation
+        "2F", // SQL routine exception
+        "38", // external routine exception
+        "39", // external routine invocation exception
+        "44", // WITH CHECK OPTION violation
+        "54", // program limit exceeded (an index row too large, ...)
+        "P0", // PL/pgSQL: RAISE in a trigger, ASSERT
+    ];
+    let class = code.get(..2).unwrap_or(code);
+    if TRANSIENT.contains(&code) || TRANSIENT_CLASSES.contains(&class) {
+        Fault::Transient
+    } else if ROW_CLASSES.contains(&class) || code == "40002" {
+        Fault::Rows
+    } else {
+        Fault::Fatal
     }
-    s
-}
-
-/// True when the error is about the data (SQLSTATE classes 22 and 23): retrying the
-/// same rows cannot help, isolating them can.
-fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
-}
-
-/// What the sink needs to know about a batch.
-pub struct BatchWrite<'a> {
-    pub id: Uuid,
-    pub encoded: &'a Encoded,
-    pub dead_letters: &'a [DeadLetter],
-    pub advances: &'a [Advance],
-    pub part_file: Option<&'a str>,
-    pub records: u64,
-}
-
-/// How a batch's transaction ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Committed {
-        rows_written: u64,
-        /// Rows the database refused, stored as dead letters.
-        rejected_rows: u64,
-        dead_letters: u64,
-    },
-    /// Another writer moved an offset first: nothing was written.
-    Conflict,
 }
 
 /// Where everything goes, with identifiers already checked and quoted.
@@ -101,7 +185,8 @@ pub struct Target {
     pub topic: String,
 }
 
-/// A connection and the statements of a batch.
+/// The consumer's PostgreSQL session: a connection that holds the instance and
+/// group locks, re-established (locks included) when it is lost.
 pub struct PgSink {
     instance: Uuid,
     config: tokio_postgres::Config,
@@ -129,21 +214,20 @@ impl PgSink {
                 create_database(&config, timeout).await?;
                 connect(&config, timeout)
                     .await
-                    .map_err(|e| PgError::Connect {
+                    .map_err(|cause| PgError::Connect {
                         target: display.clone(),
-                        reason: e.reason(),
+                        cause,
                     })?
             }
-            Err(e) => {
+            Err(cause) => {
                 return Err(PgError::Connect {
                     target: display,
-                    reason: e.reason(),
+                    cause,
                 });
             }
         };
         let upsert = upsert_sql(&target);
-        lock_instance(&client, instance).await?;
-        lock_group(&client, &target.group).await?;
+        lock_session(&client, instance, &target.group).await?;
         let mut sink = Self {
             instance,
             config,
@@ -157,41 +241,57 @@ impl PgSink {
         Ok(sink)
     }
 
-    /// `host:port/db` for messages.
+    /// `user@host:port/db` for messages.
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// Where rows, dead letters and offsets go.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// The live client, reconnecting if the connection was lost.
     pub async fn client(&mut self) -> Result<&mut Client, PgError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let client = connect(&self.config, self.retry)
-                .await
-                .map_err(|e| PgError::Connect {
-                    target: self.display.clone(),
-                    reason: e.reason(),
-                })?;
+            let client =
+                connect(&self.config, self.retry)
+                    .await
+                    .map_err(|cause| PgError::Connect {
+                        target: self.display.clone(),
+                        cause,
+                    })?;
             stage_table(&client, &self.target).await?;
             // The old session may linger on the server for a while (a half-open
             // connection) still holding our instance lock: wait a bounded time and
             // let the caller's backoff try again, rather than hang here.
-            client
-                .batch_execute("SET lock_timeout = '5s'")
-                .await
-                .map_err(|e| PgError::db(&e))?;
-            lock_instance(&client, self.instance).await?;
-            lock_group(&client, &self.target.group).await?;
-            client
-                .batch_execute("RESET lock_timeout")
-                .await
-                .map_err(|e| PgError::db(&e))?;
+            client.batch_execute("SET lock_timeout = '5s'").await?;
+            lock_session(&client, self.instance, &self.target.group).await?;
+            client.batch_execute("RESET lock_timeout").await?;
             info!(message = "Reconnected to PostgreSQL.", target = %self.display);
             self.client = Some(client);
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| PgError::Db("no connection".into()))
+        match self.client.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(PgError::Connect {
+                target: self.display.clone(),
+                cause: ConnectError::Closed,
+            }),
+        }
+    }
+
+    /// The client with the target and the merge statement, for a batch's
+    /// transaction (reconnecting if needed).
+    pub async fn session(&mut self) -> Result<(&mut Client, &Target, &str), PgError> {
+        self.client().await?;
+        match self.client.as_mut() {
+            Some(c) => Ok((c, &self.target, &self.upsert)),
+            None => Err(PgError::Connect {
+                target: self.display.clone(),
+                cause: ConnectError::Closed,
+            }),
+        }
     }
 
     /// Creates the tables if missing, checks an existing table against the output
@@ -200,207 +300,62 @@ impl PgSink {
     async fn prepare_schema(&mut self) -> Result<(), PgError> {
         let target = self.target.clone();
         let client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| PgError::db(&e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(7215001)", &[])
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        tx.batch_execute(offsets::DDL)
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        tx.batch_execute(&dead_letter_ddl(&target.dead_letter_table))
-            .await
-            .map_err(|e| PgError::db(&e))?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::SCHEMA])
+            .await?;
+        tx.batch_execute(ledger::DDL).await?;
+        tx.batch_execute(&crate::dead_letter::ddl(&target.dead_letter_table))
+            .await?;
         for ddl in plan_table(&tx, &target).await? {
-            tx.batch_execute(&ddl).await.map_err(|e| PgError::db(&e))?;
+            tx.batch_execute(&ddl).await?;
             info!(message = "Changed the table.", table = %target.table, ddl = %ddl);
         }
-        tx.commit().await.map_err(|e| PgError::db(&e))?;
+        tx.commit().await?;
         let client = self.client().await?;
         stage_table(client, &target).await
     }
-
-    /// Writes one batch in one transaction. `Err` means nothing was written and the
-    /// same call may be retried; [`Outcome::Conflict`] means it must not be.
-    pub async fn write(&mut self, batch: &BatchWrite<'_>) -> Result<Outcome, PgError> {
-        let target = self.target.clone();
-        let upsert = self.upsert.clone();
-        let client = self.client().await?;
-        write(client, &target, &upsert, batch)
-            .await
-            .map_err(|e| PgError::db(&e))
-    }
-
-    /// The figures recorded for a batch (rows written, dead letters), or `None` when
-    /// it did not commit. Used when a commit's answer was lost.
-    pub async fn recorded(&mut self, batch: Uuid) -> Result<Option<(u64, u64)>, PgError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT rows_written, dead_letters FROM pipeline_batches WHERE batch_id = $1",
-                &[&batch],
-            )
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
-    }
-
-    /// The stored next offsets of the given partitions.
-    pub async fn load_offsets(
-        &mut self,
-        partitions: &[i32],
-    ) -> Result<std::collections::HashMap<i32, i64>, PgError> {
-        let (group, topic) = (self.target.group.clone(), self.target.topic.clone());
-        let client = self.client().await?;
-        offsets::load(client, &group, &topic, partitions)
-            .await
-            .map_err(|e| PgError::db(&e))
-    }
-
-    /// Takes a dead instance's session lock. While its old database session still
-    /// exists (a COMMIT it sent may still become visible), this fails: then its staged
-    /// files must not be judged yet.
-    pub async fn try_lock_instance(&mut self, instance: Uuid) -> Result<bool, PgError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1)",
-                &[&instance_key(instance)],
-            )
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        Ok(row.get(0))
-    }
-
-    /// Releases a lock taken with [`PgSink::try_lock_instance`].
-    pub async fn unlock_instance(&mut self, instance: Uuid) -> Result<(), PgError> {
-        let client = self.client().await?;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&instance_key(instance)])
-            .await
-            .map_err(|e| PgError::db(&e))?;
-        Ok(())
-    }
-
-    /// Which of the given batches committed.
-    pub async fn committed(
-        &mut self,
-        batches: &[Uuid],
-    ) -> Result<std::collections::HashSet<Uuid>, PgError> {
-        let client = self.client().await?;
-        offsets::committed(&*client, batches)
-            .await
-            .map_err(|e| PgError::db(&e))
-    }
-
-    /// Logs a failed attempt and forgets a broken connection.
-    pub fn failed(&mut self, e: &PgError, attempt: u32, retry_in: Duration) {
-        warn!(
-            message = "PostgreSQL write failed, retrying the batch.",
-            error = %e,
-            attempt,
-            retry_in = ?retry_in
-        );
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-    }
 }
 
-async fn write(
-    client: &mut Client,
+/// Stages rows for the merge: the whole binary COPY stream of a batch into this
+/// session's staging table.
+pub async fn copy_rows(
+    tx: &Transaction<'_>,
     target: &Target,
-    upsert: &str,
-    batch: &BatchWrite<'_>,
-) -> Result<Outcome, tokio_postgres::Error> {
-    let mut tx = client.transaction().await?;
-    let mut rows_written = 0u64;
-    let mut dead: Vec<DeadLetter> = batch.dead_letters.to_vec();
-    let mut rejected_rows = 0u64;
-    for r in &batch.encoded.rejected {
-        dead.push(sink_dead_letter(
-            &target.topic,
-            r.row_json.clone(),
-            r.reason.clone(),
-        ));
-        rejected_rows += 1;
-    }
-    if batch.encoded.rows > 0 {
-        let copy = format!(
-            "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
-            target
-                .columns
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let sink = tx.copy_in(&copy).await?;
-        futures::pin_mut!(sink);
-        // The encoded batch is shared, so a retry costs no re-encoding.
-        sink.send(batch.encoded.bytes.clone()).await?;
-        sink.finish().await?;
-        let (written, refused) = merge(&mut tx, upsert, batch.encoded.rows, &target.topic).await?;
-        rows_written = written;
-        rejected_rows += refused.len() as u64;
-        dead.extend(refused);
-    }
-    if !dead.is_empty() {
-        insert_dead_letters(&tx, &target.dead_letter_table, batch.id, &dead).await?;
-    }
-    for a in batch.advances {
-        if !offsets::advance(&tx, &target.group, &target.topic, batch.id, a).await? {
-            tx.rollback().await?;
-            return Ok(Outcome::Conflict);
-        }
-    }
-    let ranges: serde_json::Value = batch
-        .advances
-        .iter()
-        .map(|a| {
-            (
-                a.partition.to_string(),
-                serde_json::json!({"from": a.first, "until": a.next}),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-    // The last statement before COMMIT, with the wall clock rather than now() (the
-    // transaction's start): committed_at is when the rows became visible, give or
-    // take the commit itself, which is what end-to-end latency is measured against.
-    tx.execute(
-        "INSERT INTO pipeline_batches (batch_id, consumer_group, topic, output_table, part_file,
-                                           records, rows_written, dead_letters, offsets,
-                                           committed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())",
-        &[
-            &batch.id,
-            &target.group,
-            &target.topic,
-            &target.table,
-            &batch.part_file,
-            &(batch.records as i64),
-            &(rows_written as i64),
-            &(dead.len() as i64),
-            &ranges,
-        ],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Outcome::Committed {
-        rows_written,
-        rejected_rows,
-        dead_letters: dead.len() as u64,
-    })
+    bytes: bytes::Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let copy = format!(
+        "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
+        target
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let sink = tx.copy_in(&copy).await?;
+    futures::pin_mut!(sink);
+    sink.send(bytes).await?;
+    sink.finish().await?;
+    Ok(())
 }
 
-/// Upserts rows `0..rows` of the stage, isolating refused rows. Returns the rows
-/// written and the refused rows as dead letters.
-async fn merge(
+/// Rows the merge refused, each with the server's reason.
+pub struct Refused {
+    /// The row as JSON, read back from the staging table.
+    pub row_json: String,
+    pub reason: String,
+}
+
+/// Upserts rows `0..rows` of the stage, isolating the rows PostgreSQL refuses
+/// ([`Fault::Rows`]): the statement is retried on halves under savepoints down to
+/// single rows. Returns the rows written and the refused ones; any other failure
+/// aborts the transaction and is returned for the caller to retry or report.
+/// Halves run in order, so later rows still win over earlier ones.
+pub async fn merge(
     tx: &mut Transaction<'_>,
     upsert: &str,
     rows: i64,
-    topic: &str,
-) -> Result<(u64, Vec<DeadLetter>), tokio_postgres::Error> {
+) -> Result<(u64, Vec<Refused>), tokio_postgres::Error> {
     let mut pending = VecDeque::from([(0i64, rows)]);
     let mut written = 0u64;
     let mut refused = Vec::new();
@@ -411,19 +366,21 @@ async fn merge(
                 sp.commit().await?;
                 written += n;
             }
-            Err(e) if is_data_error(&e) => {
+            Err(e) if fault(&e) == Fault::Rows => {
                 sp.rollback().await?;
                 if hi - lo == 1 {
-                    let row: String = tx
+                    let row_json: String = tx
                         .query_one(
                             "SELECT (to_jsonb(s) - '__ord')::text FROM pg_temp.pipeline_stage s WHERE __ord = $1",
                             &[&lo],
                         )
                         .await?
                         .get(0);
-                    refused.push(sink_dead_letter(topic, row, reason(&e)));
+                    refused.push(Refused {
+                        row_json,
+                        reason: reason(&e),
+                    });
                 } else {
-                    // Halves in order, so that later rows still win over earlier ones.
                     let mid = lo + (hi - lo) / 2;
                     pending.push_front((mid, hi));
                     pending.push_front((lo, mid));
@@ -433,64 +390,6 @@ async fn merge(
         }
     }
     Ok((written, refused))
-}
-
-fn sink_dead_letter(topic: &str, row_json: String, reason: String) -> DeadLetter {
-    DeadLetter {
-        topic: Some(topic.to_string()),
-        partition: None,
-        offset: None,
-        timestamp: None,
-        key: None,
-        payload: Some(row_json.into_bytes()),
-        reason,
-        stage: "sink",
-    }
-}
-
-async fn insert_dead_letters(
-    tx: &Transaction<'_>,
-    table: &str,
-    batch: Uuid,
-    dead: &[DeadLetter],
-) -> Result<u64, tokio_postgres::Error> {
-    let topics: Vec<Option<&str>> = dead.iter().map(|d| d.topic.as_deref()).collect();
-    let partitions: Vec<Option<i32>> = dead.iter().map(|d| d.partition).collect();
-    let offsets: Vec<Option<i64>> = dead.iter().map(|d| d.offset).collect();
-    let timestamps: Vec<Option<chrono::DateTime<chrono::Utc>>> = dead
-        .iter()
-        .map(|d| {
-            // Kafka timestamps are arbitrary integers: keep what PostgreSQL can store
-            // (chrono itself refuses years past PostgreSQL's upper bound).
-            d.timestamp
-                .filter(|ms| *ms >= super::copy::PG_MIN_TIMESTAMP_MICROS / 1000)
-                .and_then(chrono::DateTime::from_timestamp_millis)
-        })
-        .collect();
-    let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
-    let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
-    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-    let stages: Vec<&str> = dead.iter().map(|d| d.stage).collect();
-    tx.execute(
-        &format!(
-            r#"INSERT INTO {table} (topic, "partition", "offset", "timestamp", "key", payload, reason, stage, batch_id)
-               SELECT t, p, o, ts, k, v, r, s, $9
-               FROM unnest($1::text[], $2::int4[], $3::int8[], $4::timestamptz[], $5::bytea[],
-                           $6::bytea[], $7::text[], $8::text[]) AS d(t, p, o, ts, k, v, r, s)"#
-        ),
-        &[
-            &topics,
-            &partitions,
-            &offsets,
-            &timestamps,
-            &keys,
-            &payloads,
-            &reasons,
-            &stages,
-            &batch,
-        ],
-    )
-    .await
 }
 
 /// What the output table needs: nothing, a CREATE TABLE, or ALTERs adding new
@@ -512,8 +411,7 @@ pub async fn plan_table(
              ORDER BY a.attnum",
             &[&target.table],
         )
-        .await
-        .map_err(|e| PgError::db(&e))?;
+        .await?;
     if existing.is_empty() {
         let cols: Vec<String> = target
             .columns
@@ -560,8 +458,7 @@ pub async fn plan_table(
                AND i.indimmediate AND i.indisvalid",
             &[&target.table, &unquote(&target.key)],
         )
-        .await
-        .map_err(|e| PgError::db(&e))?;
+        .await?;
     if unique.is_none() {
         return Err(schema_error(format!(
             "no primary key or unique index on {} alone, which the upsert needs",
@@ -581,31 +478,11 @@ pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, S
         } else {
             PgError::Connect {
                 target: display.clone(),
-                reason: e.reason(),
+                cause: e,
             }
         }
     })?;
     Ok((client, display))
-}
-
-/// The DDL of the dead-letter table (also printed by `consumer validate`).
-pub fn dead_letter_ddl(table: &str) -> String {
-    format!(
-        r#"CREATE TABLE IF NOT EXISTS {table} (
-            id          bigserial   PRIMARY KEY,
-            topic       text,
-            "partition" integer,
-            "offset"    bigint,
-            "timestamp" timestamptz,
-            "key"       bytea,
-            payload     bytea,
-            reason      text        NOT NULL,
-            stage       text        NOT NULL,
-            batch_id    uuid,
-            created_at  timestamptz NOT NULL DEFAULT now(),
-            replayed_at timestamptz
-        )"#
-    )
 }
 
 /// The merge statement of a batch: rows `$1..$2` of the stage into the table, last
@@ -647,64 +524,57 @@ async fn stage_table(client: &Client, t: &Target) -> Result<(), PgError> {
              CREATE TEMP TABLE pipeline_stage ({}, __ord bigint NOT NULL) ON COMMIT DELETE ROWS",
             cols.join(", ")
         ))
-        .await
-        .map_err(|e| PgError::db(&e))
-}
-
-/// The advisory-lock key of a consumer instance.
-fn instance_key(instance: Uuid) -> i64 {
-    let b = instance.as_bytes();
-    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
-/// Holds this instance's session lock for as long as its connection lives.
-/// The advisory-lock key of a consumer group (computed by PostgreSQL, so that
-/// operator commands get the same key with plain SQL).
-pub const GROUP_LOCK_KEY: &str = "hashtext('users-pipeline-group:' || $1)::bigint";
-
-/// Every running consumer holds its group's lock in shared mode for as long as its
-/// connection lives: `reset-offsets` takes it exclusively, which is refused while
-/// any consumer of the group runs, whatever the broker can tell about the group.
-async fn lock_group(client: &Client, group: &str) -> Result<(), PgError> {
-    client
-        .execute(
-            &format!("SELECT pg_advisory_lock_shared({GROUP_LOCK_KEY})"),
-            &[&group],
-        )
-        .await
-        .map_err(|e| PgError::db(&e))?;
+        .await?;
     Ok(())
 }
 
-async fn lock_instance(client: &Client, instance: Uuid) -> Result<(), PgError> {
+/// Takes the session's advisory locks, held for as long as its connection lives:
+/// the instance's (see [`locks::instance`]) and the group's in shared mode (see
+/// [`locks::GROUP`]: `reset-offsets` is refused while any consumer of the group runs,
+/// whatever the broker can tell about the group).
+async fn lock_session(client: &Client, instance: Uuid, group: &str) -> Result<(), PgError> {
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&instance_key(instance)])
-        .await
-        .map_err(|e| PgError::db(&e))?;
+        .execute("SELECT pg_advisory_lock($1)", &[&locks::instance(instance)])
+        .await?;
+    client
+        .execute(
+            &format!("SELECT pg_advisory_lock_shared({})", locks::GROUP),
+            &[&group],
+        )
+        .await?;
     Ok(())
 }
 
 /// Why a connection attempt failed.
-enum ConnectError {
+#[derive(Debug)]
+pub enum ConnectError {
     Pg(tokio_postgres::Error),
     Timeout(Duration),
+    /// The connection closed and none could be made in its place.
+    Closed,
 }
 
 impl ConnectError {
     fn code(&self) -> Option<&SqlState> {
         match self {
             ConnectError::Pg(e) => e.code(),
-            ConnectError::Timeout(_) => None,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            ConnectError::Pg(e) => reason(e),
-            ConnectError::Timeout(t) => format!("no answer within {t:?}"),
+            _ => None,
         }
     }
 }
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Pg(e) => f.write_str(&reason(e)),
+            ConnectError::Timeout(t) => write!(f, "no answer within {t:?}"),
+            ConnectError::Closed => f.write_str("the connection is closed"),
+        }
+    }
+}
+
+/// Its message already carries the driver's chain of causes.
+impl std::error::Error for ConnectError {}
 
 async fn connect(
     config: &tokio_postgres::Config,
@@ -731,12 +601,10 @@ async fn create_database(
     admin.dbname("postgres");
     let client = connect(&admin, timeout)
         .await
-        .map_err(|e| PgError::Connect {
+        .map_err(|cause| PgError::CreateDatabase {
             target: describe(&admin),
-            reason: format!(
-                "database {name:?} is missing and cannot be created: {}",
-                e.reason()
-            ),
+            name: name.clone(),
+            cause,
         })?;
     match client
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
@@ -747,12 +615,10 @@ async fn create_database(
             Ok(())
         }
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
-        Err(e) => Err(PgError::Connect {
+        Err(e) => Err(PgError::CreateDatabase {
             target: describe(config),
-            reason: format!(
-                "database {name:?} is missing and cannot be created: {}",
-                reason(&e)
-            ),
+            name,
+            cause: ConnectError::Pg(e),
         }),
     }
 }
@@ -788,15 +654,56 @@ pub(crate) async fn connect_plain(
     config: &tokio_postgres::Config,
     timeout: Duration,
 ) -> Result<Client, String> {
-    connect(config, timeout).await.map_err(|e| e.reason())
+    connect(config, timeout).await.map_err(|e| e.to_string())
 }
 
 /// Parses `--database-url` the way the sink does.
 pub fn parse_url(url: &str, timeout: Duration) -> Result<tokio_postgres::Config, PgError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| PgError::Url(reason(&e)))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Url(PgCause(e)))?;
     config.connect_timeout(timeout);
     config.application_name("users-pipeline-consumer");
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_once_by_sqlstate() {
+        for transient in [
+            "08006", "08001", "40001", "40P01", "53300", "53100", "57P01", "55P03",
+        ] {
+            assert_eq!(fault_of(transient), Fault::Transient, "{transient}");
+        }
+        // A value too long, a unique violation, an index row too large, a trigger's
+        // RAISE, a bad encoding: each is about the rows that carry it.
+        for rows in [
+            "22001", "23505", "23514", "54000", "P0001", "22021", "22008",
+        ] {
+            assert_eq!(fault_of(rows), Fault::Rows, "{rows}");
+        }
+        // Permissions, a dropped table or column, a syntax error: about the statement.
+        for fatal in ["42501", "42P01", "42703", "42601", "XX000", "0A000"] {
+            assert_eq!(fault_of(fatal), Fault::Fatal, "{fatal}");
+        }
+    }
+
+    #[test]
+    fn only_transient_errors_are_retriable() {
+        let schema = PgError::Schema {
+            table: "t".into(),
+            reason: "r".into(),
+        };
+        assert!(!schema.retriable());
+        let lost = PgError::Connect {
+            target: "x".into(),
+            cause: ConnectError::Closed,
+        };
+        assert!(lost.retriable());
+        assert_eq!(
+            lost.to_string(),
+            "cannot connect to PostgreSQL (x): the connection is closed"
+        );
+    }
 }

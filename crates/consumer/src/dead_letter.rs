@@ -1,0 +1,244 @@
+//! Dead letters: every record the pipeline could not turn into a row, kept with its
+//! Kafka coordinates, its raw bytes and the reason, so that none is ever dropped.
+//!
+//! They are built here, by one named constructor per stage that can refuse a
+//! record, and stored here, in the dead-letter table the user names. The stage is
+//! an enum, so the table's `stage` column and the metrics' `reason` label can only
+//! take the values listed below.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::decode::{Origin, Reject};
+use crate::sink::copy;
+
+/// Where in the pipeline a record was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The payload is not an event (not JSON, not an object, a tombstone, ...).
+    Decode,
+    /// The transform SQL failed on the row (a CAST meeting a bad value, say).
+    Transform,
+    /// PostgreSQL (or the COPY encoder, for values it cannot store) refused the row.
+    Sink,
+}
+
+impl Stage {
+    /// Every stage, for metrics registered before the first dead letter.
+    pub const ALL: [Stage; 3] = [Stage::Decode, Stage::Transform, Stage::Sink];
+
+    /// The value of the dead-letter table's `stage` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Transform => "transform",
+            Stage::Sink => "sink",
+        }
+    }
+
+    /// The `reason` label of the dead-letter counter: a bounded set of values (the
+    /// full message is in the table).
+    pub fn metric_reason(self) -> &'static str {
+        match self {
+            Stage::Decode => "malformed",
+            Stage::Transform => "transform_failed",
+            Stage::Sink => "rejected_by_postgres",
+        }
+    }
+}
+
+/// A record that could not become a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub reason: String,
+    pub stage: Stage,
+}
+
+impl DeadLetter {
+    /// A payload the decoder refused, with the message's coordinates and raw bytes.
+    pub fn malformed(origin: &Origin<'_>, payload: Option<&[u8]>, reject: &Reject) -> Self {
+        Self {
+            topic: Some(origin.topic.to_string()),
+            partition: Some(origin.partition),
+            offset: Some(origin.offset),
+            timestamp: origin.timestamp,
+            key: origin.key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            reason: reject.to_string(),
+            stage: Stage::Decode,
+        }
+    }
+
+    /// An input row (of the `events` table) the transform failed on, with its Kafka
+    /// coordinates and its event fields as JSON.
+    pub fn transform_failed(row: &RecordBatch, reason: &str) -> Self {
+        let topic = row
+            .column_by_name("topic")
+            .map(|a| a.as_string::<i32>().value(0).to_string());
+        let partition = row
+            .column_by_name("partition")
+            .map(|a| a.as_primitive::<Int32Type>().value(0));
+        let offset = row
+            .column_by_name("offset")
+            .map(|a| a.as_primitive::<Int64Type>().value(0));
+        let timestamp = row.column_by_name("timestamp").and_then(|a| {
+            let a = a.as_primitive::<TimestampMillisecondType>();
+            a.is_valid(0).then(|| a.value(0))
+        });
+        let key = row.column_by_name("key").and_then(|a| {
+            let a = a.as_binary::<i32>();
+            a.is_valid(0).then(|| a.value(0).to_vec())
+        });
+        let fields: Vec<usize> = (0..events::FIELDS.len()).collect();
+        let payload = row
+            .project(&fields)
+            .map(|r| copy::row_json(&r, 0).into_bytes())
+            .ok();
+        Self {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            key,
+            payload,
+            reason: format!("transform failed: {reason}"),
+            stage: Stage::Transform,
+        }
+    }
+
+    /// An output row PostgreSQL (or the encoder) refused, as JSON, with the reason.
+    pub fn refused(topic: &str, row_json: String, reason: String) -> Self {
+        Self {
+            topic: Some(topic.to_string()),
+            partition: None,
+            offset: None,
+            timestamp: None,
+            key: None,
+            payload: Some(row_json.into_bytes()),
+            reason,
+            stage: Stage::Sink,
+        }
+    }
+}
+
+/// The DDL of the dead-letter table (also printed by `consumer validate`).
+pub fn ddl(table: &str) -> String {
+    format!(
+        r#"CREATE TABLE IF NOT EXISTS {table} (
+            id          bigserial   PRIMARY KEY,
+            topic       text,
+            "partition" integer,
+            "offset"    bigint,
+            "timestamp" timestamptz,
+            "key"       bytea,
+            payload     bytea,
+            reason      text        NOT NULL,
+            stage       text        NOT NULL,
+            batch_id    uuid,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            replayed_at timestamptz
+        )"#
+    )
+}
+
+/// Stores a batch's dead letters in its transaction. Every value is one PostgreSQL
+/// accepts whatever the record held (bytes as bytea, reasons without NUL, only
+/// timestamps in PostgreSQL's range), so storing a dead letter cannot itself fail
+/// on the record's content.
+pub async fn insert(
+    tx: &Transaction<'_>,
+    table: &str,
+    batch: Uuid,
+    dead: &[DeadLetter],
+) -> Result<u64, tokio_postgres::Error> {
+    let topics: Vec<Option<&str>> = dead.iter().map(|d| d.topic.as_deref()).collect();
+    let partitions: Vec<Option<i32>> = dead.iter().map(|d| d.partition).collect();
+    let offsets: Vec<Option<i64>> = dead.iter().map(|d| d.offset).collect();
+    let timestamps: Vec<Option<chrono::DateTime<chrono::Utc>>> = dead
+        .iter()
+        .map(|d| storable_timestamp(d.timestamp))
+        .collect();
+    let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
+    let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
+    let reasons: Vec<String> = dead.iter().map(|d| d.reason.replace('\0', "\\0")).collect();
+    let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
+    tx.execute(
+        &format!(
+            r#"INSERT INTO {table} (topic, "partition", "offset", "timestamp", "key", payload, reason, stage, batch_id)
+               SELECT t, p, o, ts, k, v, r, s, $9
+               FROM unnest($1::text[], $2::int4[], $3::int8[], $4::timestamptz[], $5::bytea[],
+                           $6::bytea[], $7::text[], $8::text[]) AS d(t, p, o, ts, k, v, r, s)"#
+        ),
+        &[
+            &topics,
+            &partitions,
+            &offsets,
+            &timestamps,
+            &keys,
+            &payloads,
+            &reasons,
+            &stages,
+            &batch,
+        ],
+    )
+    .await
+}
+
+/// A Kafka timestamp (any integer) as one PostgreSQL can store, or none.
+fn storable_timestamp(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    // chrono itself refuses years past PostgreSQL's upper bound.
+    ms.filter(|ms| *ms >= copy::PG_MIN_TIMESTAMP_MICROS / 1000)
+        .and_then(chrono::DateTime::from_timestamp_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_have_one_column_value_and_one_metric_label_each() {
+        let columns: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(columns, ["decode", "transform", "sink"]);
+        let labels: Vec<&str> = Stage::ALL.iter().map(|s| s.metric_reason()).collect();
+        assert_eq!(
+            labels,
+            ["malformed", "transform_failed", "rejected_by_postgres"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_record_keeps_its_coordinates_and_bytes() {
+        let origin = Origin {
+            topic: "t",
+            partition: 2,
+            offset: 41,
+            timestamp: Some(5),
+            key: Some(b"k"),
+        };
+        let d = DeadLetter::malformed(&origin, Some(b"{oops"), &Reject::Empty);
+        assert_eq!(
+            (d.topic.as_deref(), d.partition, d.offset, d.timestamp),
+            (Some("t"), Some(2), Some(41), Some(5))
+        );
+        assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(d.payload.as_deref(), Some(&b"{oops"[..]));
+        assert_eq!(d.stage, Stage::Decode);
+    }
+
+    #[test]
+    fn timestamps_postgres_cannot_hold_are_left_out() {
+        assert!(storable_timestamp(Some(0)).is_some());
+        assert!(storable_timestamp(Some(i64::MIN)).is_none());
+        assert!(storable_timestamp(Some(i64::MAX)).is_none());
+        assert!(storable_timestamp(None).is_none());
+    }
+}

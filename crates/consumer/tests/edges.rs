@@ -1,0 +1,218 @@
+//! The edges of the exactly-once promise: records PostgreSQL refuses for reasons of
+//! every kind, and stored offsets that no longer match the log.
+
+mod support;
+
+use std::time::Duration;
+
+use events::{Generator, UserEvent};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use support::{Scenario, latest_by_id, text};
+
+/// A value no btree index row can hold (PostgreSQL's limit is about 2.7 kB after
+/// compression; random text barely compresses).
+fn huge_text() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(20_000)
+        .map(char::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_rows_of_several_kinds_become_dead_letters_and_the_stream_goes_on() {
+    let s = Scenario::new(2).await;
+    // A first run creates the table; then the user adds a trigger, an index and a
+    // CHECK, as users do.
+    let warm: Vec<UserEvent> = Generator::new(81).take(10).collect();
+    s.publish(&warm).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.db.batch_execute(
+        r#"CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.first_name = 'POISON' THEN RAISE EXCEPTION 'poison user %', NEW.id; END IF;
+             RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON users
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+           CREATE INDEX users_address ON users (address);
+           ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%');"#,
+    )
+    .await
+    .unwrap();
+
+    let mut events: Vec<UserEvent> = Generator::new(82).take(3_000).collect();
+    let (mut raised, mut too_large, mut unchecked) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id = Some(format!("edge-{i}")); // distinct ids: each poison row is its own
+        match i % 100 {
+            7 => {
+                e.first_name = "POISON".into();
+                raised.push(i);
+            }
+            31 => {
+                e.address = huge_text();
+                too_large.push(i);
+            }
+            77 => {
+                e.email = "no-at-sign".into();
+                unchecked.push(i);
+            }
+            _ => {}
+        }
+    }
+    s.publish(&events).await;
+    let started = std::time::Instant::now();
+    let out = s.run_available_now(&["--max-batch-records", "500"]);
+    assert!(
+        out.status.success(),
+        "a poison record must not stop the pipeline: {}",
+        text(&out.stderr)
+    );
+    let poison = raised.len() + too_large.len() + unchecked.len();
+    let by_code = |code: &'static str| {
+        let s = &s;
+        async move {
+            s.count(&format!(
+                "SELECT count(*) FROM dead_letters WHERE stage = 'sink' AND reason LIKE '%({code})'"
+            ))
+            .await as usize
+        }
+    };
+    assert_eq!(by_code("P0001").await, raised.len(), "trigger RAISE");
+    assert_eq!(
+        by_code("54000").await,
+        too_large.len(),
+        "index row too large"
+    );
+    assert_eq!(by_code("23514").await, unchecked.len(), "CHECK violation");
+    assert_eq!(
+        s.count("SELECT count(*) FROM users WHERE id LIKE 'edge-%'")
+            .await as usize,
+        events.len() - poison,
+        "every other row written"
+    );
+    let stored: i64 = s.stored_offsets().await.values().sum();
+    assert_eq!(
+        stored as usize,
+        warm.len() + events.len(),
+        "offsets cover every record"
+    );
+    eprintln!(
+        "poison: records={} dead_letters={poison} seconds={:.1}",
+        events.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_no_row_can_pass_stops_the_consumer_and_a_fix_resumes_it() {
+    let s = Scenario::new(1).await;
+    let events: Vec<UserEvent> = Generator::new(83).take(20).collect();
+    s.publish(&events[..10]).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // An audit trigger whose table is missing fails every row the same way: about
+    // the schema, not the rows, so isolating rows would make every record a dead
+    // letter. The consumer stops instead, and resumes once the schema is fixed.
+    s.db.batch_execute(
+        r#"CREATE FUNCTION audit_user() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO users_audit (id) VALUES (NEW.id); RETURN NEW; END $$;
+           CREATE TRIGGER audit_user AFTER INSERT OR UPDATE ON users
+             FOR EACH ROW EXECUTE FUNCTION audit_user();"#,
+    )
+    .await
+    .unwrap();
+    s.publish(&events[10..]).await;
+    let started = std::time::Instant::now();
+    let out = s.run_available_now(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "must not pretend success: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("consumer: error:")
+            && last.contains("users_audit")
+            && last.contains("42P01"),
+        "one line naming the cause: {stderr}"
+    );
+    assert_eq!(
+        s.stored_offsets().await.values().sum::<i64>(),
+        10,
+        "nothing of the refused batch committed"
+    );
+    assert_eq!(s.count("SELECT count(*) FROM dead_letters").await, 0);
+    s.db.batch_execute("CREATE TABLE users_audit (id text)")
+        .await
+        .unwrap();
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = latest_by_id(&events).len() as i64;
+    assert_eq!(s.count("SELECT count(*) FROM users").await, all);
+    assert!(s.count("SELECT count(*) FROM users_audit").await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_offset_past_the_log_end_stops_with_the_repair_then_a_policy_resumes() {
+    let s = Scenario::new(1).await;
+    let events: Vec<UserEvent> = Generator::new(84).take(30).collect();
+    s.publish(&events[..10]).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The offsets of the topic's previous life, as after `docker compose down` with
+    // PostgreSQL's volume kept, or offsets restored from a backup.
+    s.db.execute("UPDATE pipeline_offsets SET next_offset = 606", &[])
+        .await
+        .unwrap();
+    s.publish(&events[10..]).await;
+    let out = s.run_available_now(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "never a silent exit 0: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    for needle in [
+        "partition 0",
+        "606",
+        "end 30",
+        "reset-offsets",
+        "--offsets-past-end",
+    ] {
+        assert!(last.contains(needle), "{needle:?} in {last}");
+    }
+    let first = latest_by_id(&events[..10]).len() as i64;
+    assert_eq!(s.count("SELECT count(*) FROM users").await, first);
+
+    let status = s.command(&["status"]).output().unwrap();
+    assert!(!status.status.success(), "status reports the fault");
+    assert!(
+        text(&status.stdout).contains("PAST END +576"),
+        "{}",
+        text(&status.stdout)
+    );
+
+    let out = s.run_available_now(&["--offsets-past-end", "earliest"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = latest_by_id(&events).len() as i64;
+    assert_eq!(s.count("SELECT count(*) FROM users").await, all);
+    let gap = s
+        .db
+        .query_one(
+            r#"SELECT kind, "partition", position, log_start, log_end, resumed_at FROM pipeline_gaps"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            gap.get::<_, String>(0),
+            gap.get::<_, i32>(1),
+            gap.get::<_, i64>(2),
+            gap.get::<_, i64>(3),
+            gap.get::<_, i64>(4),
+            gap.get::<_, i64>(5)
+        ),
+        ("past_log_end".to_string(), 0, 606, 0, 30, 0)
+    );
+    assert_eq!(s.stored_offsets().await.get(&0), Some(&30));
+}
