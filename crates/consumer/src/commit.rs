@@ -20,17 +20,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::dead_letter::{self, DeadLetter};
+use crate::dead_letter::{self, DeadLetter, Provenance};
 use crate::ledger::{self, Advance, BatchRecord};
 use crate::retry::Retry;
-use crate::sink::copy::Encoded;
-use crate::sink::csv::{CsvSink, part_name};
+use crate::sink::copy::{Encoded, RowAt};
+use crate::sink::csv::{CsvSink, Staged, part_name};
 use crate::sink::postgres::{self, PgError, PgSink};
 
 /// How long a transaction under way may go on once the consumer is stopping.
@@ -47,6 +49,8 @@ pub struct Batch<'a> {
     pub encoded: &'a Encoded,
     /// Records refused before the sink (decode and transform).
     pub dead_letters: &'a [DeadLetter],
+    /// The input records behind the output rows (for rows PostgreSQL refuses).
+    pub provenance: &'a Provenance,
     /// Each partition's move: from the stored offset to the next after the batch.
     pub advances: &'a [Advance],
     /// Records the batch covers (rows and dead letters).
@@ -76,14 +80,22 @@ pub enum Outcome {
     Stopped,
 }
 
-/// How the transaction itself ended.
+/// What a batch wrote, as its transaction counted it.
+struct Figures {
+    rows_written: u64,
+    rejected_rows: u64,
+    dead_letters: u64,
+}
+
+/// How the transaction itself ended, with the part file it staged.
 enum Transaction {
     Committed {
-        rows_written: u64,
-        rejected_rows: u64,
-        dead_letters: u64,
+        figures: Figures,
+        staged: Option<Staged>,
     },
-    Conflict,
+    /// Another writer moved an offset first (or our own COMMIT landed and its
+    /// answer was lost: the batch log tells).
+    Conflict { staged: Option<Staged> },
 }
 
 /// Commits batches to PostgreSQL and the output directory.
@@ -177,49 +189,33 @@ impl Committer {
         batch: &Batch<'_>,
         stop: &CancellationToken,
     ) -> Result<Outcome, Error> {
-        let csv = &self.csv;
-        let staged = Retry::new("writing the part file", stop, FILE_RETRY_MAX)
-            .run(async || {
-                csv.stage(batch.id, batch.output)
-                    .inspect_err(|_| csv.discard_all())
-            })
-            .await?;
-        let Some(staged) = staged else {
-            return Ok(Outcome::Stopped);
-        };
-        let part_file = staged.as_ref().map(|s| part_name(s.batch));
-        let pg = &mut self.pg;
-        let written = Retry::new("writing the batch to PostgreSQL", stop, self.max_backoff)
+        let (pg, csv) = (&mut self.pg, &self.csv);
+        let written = Retry::new("writing the batch", stop, self.max_backoff)
             .grace_on_stop(GRACE_ON_STOP)
             .counting(self.retries.clone())
-            .run(async || transaction(pg, batch, part_file.as_deref()).await)
+            .run(async || transaction(pg, csv, batch).await)
             .await;
         let written = match written {
             Ok(Some(t)) => t,
+            // Stopping: a staged file is settled at the next start.
             Ok(None) => return Ok(Outcome::Stopped),
-            Err(e) => {
-                if let Some(s) = staged {
-                    self.csv.discard(s);
-                }
-                return Err(e.into());
-            }
+            // Left staged: an earlier attempt may have committed with its answer
+            // lost, and the next start settles the file against the batch log.
+            Err(e) => return Err(e),
         };
-        let (rows_written, rejected_rows, dead_letters) = match written {
-            Transaction::Committed {
-                rows_written,
-                rejected_rows,
-                dead_letters,
-            } => (rows_written, rejected_rows, dead_letters),
-            Transaction::Conflict => match self.recorded(batch.id, stop).await? {
+        let (figures, staged) = match written {
+            Transaction::Committed { figures, staged } => (figures, staged),
+            Transaction::Conflict { staged } => match self.recorded(batch.id, stop).await? {
                 // The commit went through but its answer was lost: take the figures
                 // the batch recorded (dead letters beyond ours were refused rows).
                 Some(Some((rows_written, dead_letters))) => {
                     let ours = batch.dead_letters.len() as u64;
-                    (
+                    let figures = Figures {
                         rows_written,
-                        dead_letters.saturating_sub(ours),
+                        rejected_rows: dead_letters.saturating_sub(ours),
                         dead_letters,
-                    )
+                    };
+                    (figures, staged)
                 }
                 Some(None) => {
                     if let Some(s) = staged {
@@ -241,9 +237,9 @@ impl Committer {
             None => None,
         };
         Ok(Outcome::Committed(Committed {
-            rows_written,
-            rejected_rows,
-            dead_letters,
+            rows_written: figures.rows_written,
+            rejected_rows: figures.rejected_rows,
+            dead_letters: figures.dead_letters,
             part_file,
         }))
     }
@@ -311,57 +307,59 @@ impl Committer {
     }
 }
 
-fn csv_promote(
-    csv: &CsvSink,
-    staged: &crate::sink::csv::Staged,
-) -> Result<String, crate::sink::csv::CsvError> {
+fn csv_promote(csv: &CsvSink, staged: &Staged) -> Result<String, crate::sink::csv::CsvError> {
     csv.promote(staged).map(|p| p.display().to_string())
 }
 
-/// Step 2: the batch's one transaction. `Err` means nothing was written.
+/// Steps 1 and 2: the batch's one transaction, with the part file staged before
+/// its COMMIT, once the rows PostgreSQL refuses are known (the file holds exactly
+/// the rows written). `Err` means nothing was committed.
 async fn transaction(
     pg: &mut PgSink,
+    csv: &CsvSink,
     batch: &Batch<'_>,
-    part_file: Option<&str>,
-) -> Result<Transaction, PgError> {
+) -> Result<Transaction, Error> {
     let (client, target, upsert) = pg.session().await?;
     let mut tx = client.transaction().await?;
+    let encoded = batch.encoded;
+    let mut refused: Vec<(RowAt, String)> = encoded
+        .rejected
+        .iter()
+        .map(|r| (r.at, r.reason.clone()))
+        .collect();
+    let mut rows_written = 0u64;
+    if encoded.rows > 0 {
+        let copy_refused = postgres::copy_rows(&mut tx, target, encoded).await?;
+        let (written, merge_refused) = postgres::merge(&mut tx, upsert, encoded.rows).await?;
+        rows_written = written;
+        let at = |(ord, reason): (i64, String)| (encoded.rows_at[ord as usize], reason);
+        refused.extend(copy_refused.into_iter().chain(merge_refused).map(at));
+    }
+    let staged = stage_written(csv, batch, &refused)?;
+    let rejected_rows = refused.len() as u64;
     let mut dead: Vec<DeadLetter> = batch.dead_letters.to_vec();
     dead.extend(
         batch
-            .encoded
-            .rejected
-            .iter()
-            .map(|r| DeadLetter::refused(&target.topic, r.row_json.clone(), r.reason.clone())),
+            .provenance
+            .dead_letters(batch.output, refused, &target.topic),
     );
-    let mut rows_written = 0u64;
-    if batch.encoded.rows > 0 {
-        // The encoded batch is shared, so a retry costs no re-encoding.
-        postgres::copy_rows(&tx, target, batch.encoded.bytes.clone()).await?;
-        let (written, refused) = postgres::merge(&mut tx, upsert, batch.encoded.rows).await?;
-        rows_written = written;
-        dead.extend(
-            refused
-                .into_iter()
-                .map(|r| DeadLetter::refused(&target.topic, r.row_json, r.reason)),
-        );
-    }
-    let rejected_rows = (dead.len() - batch.dead_letters.len()) as u64;
     if !dead.is_empty() {
-        dead_letter::insert(&tx, &target.dead_letter_table, batch.id, &dead).await?;
+        let table = &target.dead_letter_table;
+        dead_letter::insert(&mut tx, table, &target.group, batch.id, &dead).await?;
     }
     for a in batch.advances {
         if !ledger::advance(&tx, &target.group, &target.topic, batch.id, a).await? {
             tx.rollback().await?;
-            return Ok(Transaction::Conflict);
+            return Ok(Transaction::Conflict { staged });
         }
     }
+    let part_file = staged.as_ref().map(|s| part_name(s.batch));
     let record = BatchRecord {
         id: batch.id,
         group: &target.group,
         topic: &target.topic,
         output_table: &target.table,
-        part_file,
+        part_file: part_file.as_deref(),
         records: batch.records,
         rows_written,
         dead_letters: dead.len() as u64,
@@ -369,9 +367,48 @@ async fn transaction(
     };
     ledger::record_batch(&tx, &record).await?;
     tx.commit().await?;
-    Ok(Transaction::Committed {
+    let figures = Figures {
         rows_written,
         rejected_rows,
         dead_letters: dead.len() as u64,
-    })
+    };
+    Ok(Transaction::Committed { figures, staged })
+}
+
+/// Stages the part file of the rows written: the output without the refused rows.
+fn stage_written(
+    csv: &CsvSink,
+    batch: &Batch<'_>,
+    refused: &[(RowAt, String)],
+) -> Result<Option<Staged>, Error> {
+    let kept;
+    let rows = if refused.is_empty() {
+        batch.output
+    } else {
+        kept = without(batch.output, refused)?;
+        &kept[..]
+    };
+    // A failed write leaves nothing half-written behind for the retry.
+    Ok(csv
+        .stage(batch.id, rows)
+        .inspect_err(|_| csv.discard_all())?)
+}
+
+/// The output without the rows at the given places.
+fn without(
+    output: &[RecordBatch],
+    refused: &[(RowAt, String)],
+) -> Result<Vec<RecordBatch>, datafusion::arrow::error::ArrowError> {
+    let mut out = Vec::with_capacity(output.len());
+    for (b, batch) in output.iter().enumerate() {
+        let mut keep = vec![true; batch.num_rows()];
+        for ((rb, row), _) in refused {
+            if *rb == b {
+                keep[*row] = false;
+            }
+        }
+        let mask = BooleanArray::from(keep);
+        out.push(filter_record_batch(batch, &mask)?);
+    }
+    Ok(out)
 }

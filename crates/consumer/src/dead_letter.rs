@@ -6,14 +6,17 @@
 //! an enum, so the table's `stage` column and the metrics' `reason` label can only
 //! take the values listed below.
 
+use std::collections::HashMap;
+
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::decode::{Origin, Reject};
-use crate::sink::copy;
+use crate::sink::copy::{self, RowAt};
 
 /// Where in the pipeline a record was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +84,13 @@ impl DeadLetter {
     /// An input row (of the `events` table) the transform failed on, with its Kafka
     /// coordinates and its event fields as JSON.
     pub fn transform_failed(row: &RecordBatch, reason: &str) -> Self {
+        Self::of_input_row(row, format!("transform failed: {reason}"), Stage::Transform)
+    }
+
+    /// One input row (of the `events` table) as a dead letter: its Kafka
+    /// coordinates, and its event fields as the JSON payload (what the decoder
+    /// read, so a replay decodes it the same way).
+    fn of_input_row(row: &RecordBatch, reason: String, stage: Stage) -> Self {
         let topic = row
             .column_by_name("topic")
             .map(|a| a.as_string::<i32>().value(0).to_string());
@@ -110,12 +120,13 @@ impl DeadLetter {
             timestamp,
             key,
             payload,
-            reason: format!("transform failed: {reason}"),
-            stage: Stage::Transform,
+            reason,
+            stage,
         }
     }
 
-    /// An output row PostgreSQL (or the encoder) refused, as JSON, with the reason.
+    /// An output row PostgreSQL (or the encoder) refused whose input record is not
+    /// known: the row as JSON, without coordinates.
     pub fn refused(topic: &str, row_json: String, reason: String) -> Self {
         Self {
             topic: Some(topic.to_string()),
@@ -130,35 +141,156 @@ impl DeadLetter {
     }
 }
 
+/// Which input record an output row came from, so that a row PostgreSQL refuses
+/// becomes a dead letter with the record's coordinates and event, like any other
+/// (and so can be replayed to its own partition, and is stored once however often
+/// the record is read again). Rows are matched by key: the last input record of
+/// the batch with the output row's key, which is the one the default query keeps.
+/// A transform whose key is not an input column (an aggregate, say) has no such
+/// record: its refused rows are stored as the output row's JSON, without
+/// coordinates.
+pub struct Provenance {
+    input: RecordBatch,
+    /// The key column's name, when the input has a column of that name.
+    key: Option<String>,
+}
+
+impl Provenance {
+    /// `input` is the batch the transform read; `key` the output's key column.
+    pub fn new(input: RecordBatch, key: &str) -> Self {
+        let key = input
+            .schema()
+            .column_with_name(key)
+            .map(|_| key.to_string());
+        Self { input, key }
+    }
+
+    /// The dead letters of output rows refused at `at`, each with its reason.
+    pub fn dead_letters(
+        &self,
+        output: &[RecordBatch],
+        refused: Vec<(RowAt, String)>,
+        topic: &str,
+    ) -> Vec<DeadLetter> {
+        if refused.is_empty() {
+            return Vec::new();
+        }
+        let by_key = self.input_rows_by_key();
+        refused
+            .into_iter()
+            .map(|((b, row), reason)| {
+                let batch = &output[b];
+                let input_row =
+                    key_text(batch, self.key.as_deref(), row).and_then(|k| by_key.get(&k).copied());
+                match input_row {
+                    Some(i) => {
+                        DeadLetter::of_input_row(&self.input.slice(i, 1), reason, Stage::Sink)
+                    }
+                    None => DeadLetter::refused(topic, copy::row_json(batch, row), reason),
+                }
+            })
+            .collect()
+    }
+
+    /// Key text -> the last input row with that key.
+    fn input_rows_by_key(&self) -> HashMap<String, usize> {
+        let mut map = HashMap::new();
+        for row in 0..self.input.num_rows() {
+            if let Some(k) = key_text(&self.input, self.key.as_deref(), row) {
+                map.insert(k, row);
+            }
+        }
+        map
+    }
+}
+
+/// A row's key as text (`None` when the column is missing or the value null).
+fn key_text(batch: &RecordBatch, key: Option<&str>, row: usize) -> Option<String> {
+    let column = batch.column_by_name(key?)?;
+    if column.is_null(row) {
+        return None;
+    }
+    let options = FormatOptions::default();
+    ArrayFormatter::try_new(column.as_ref(), &options)
+        .ok()
+        .map(|f| f.value(row).to_string())
+}
+
 /// The DDL of the dead-letter table (also printed by `consumer validate`).
 pub fn ddl(table: &str) -> String {
     format!(
         r#"CREATE TABLE IF NOT EXISTS {table} (
-            id          bigserial   PRIMARY KEY,
-            topic       text,
-            "partition" integer,
-            "offset"    bigint,
-            "timestamp" timestamptz,
-            "key"       bytea,
-            payload     bytea,
-            reason      text        NOT NULL,
-            stage       text        NOT NULL,
-            batch_id    uuid,
-            created_at  timestamptz NOT NULL DEFAULT now(),
-            replayed_at timestamptz
+            id             bigserial   PRIMARY KEY,
+            topic          text,
+            "partition"    integer,
+            "offset"       bigint,
+            "timestamp"    timestamptz,
+            "key"          bytea,
+            payload        bytea,
+            reason         text        NOT NULL,
+            stage          text        NOT NULL,
+            batch_id       uuid,
+            created_at     timestamptz NOT NULL DEFAULT now(),
+            replayed_at    timestamptz,
+            consumer_group text
         )"#
     )
 }
 
-/// Stores a batch's dead letters in its transaction. Every value is one PostgreSQL
-/// accepts whatever the record held (bytes as bytea, reasons without NUL, only
-/// timestamps in PostgreSQL's range), so storing a dead letter cannot itself fail
-/// on the record's content.
+/// What a dead-letter table made by an earlier version lacks: the group column,
+/// and the index that finds a record's dead letter by its coordinates.
+pub fn upgrade(table: &str) -> String {
+    let base = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+    let index = crate::sink::quote_ident(&format!("{base}_record"));
+    format!(
+        r#"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS consumer_group text;
+           CREATE INDEX IF NOT EXISTS {index} ON {table} (topic, "partition", "offset")"#
+    )
+}
+
+/// How reasons are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reasons {
+    AsIs,
+    /// Non-ASCII characters escaped (`\u{..}`): for a database whose encoding
+    /// cannot hold a character of a reason (which may quote the record).
+    Ascii,
+}
+
+/// Stores a batch's dead letters in its transaction, once per record and group:
+/// a record read again (a reset, a rebuild) that is refused again is not stored
+/// twice. Every value is one PostgreSQL accepts whatever the record held (bytes as
+/// bytea, reasons without NUL and, should the database's encoding refuse one,
+/// escaped to ASCII), so storing a dead letter cannot fail on the record's content.
+/// Returns the dead letters stored.
 pub async fn insert(
-    tx: &Transaction<'_>,
+    tx: &mut Transaction<'_>,
     table: &str,
+    group: &str,
     batch: Uuid,
     dead: &[DeadLetter],
+) -> Result<u64, tokio_postgres::Error> {
+    let sp = tx.savepoint("dead_letters").await?;
+    match insert_as(&sp, table, group, batch, dead, Reasons::AsIs).await {
+        Ok(n) => {
+            sp.commit().await?;
+            Ok(n)
+        }
+        Err(e) if crate::sink::postgres::fault(&e) == crate::sink::postgres::Fault::Rows => {
+            sp.rollback().await?;
+            insert_as(tx, table, group, batch, dead, Reasons::Ascii).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn insert_as(
+    tx: &Transaction<'_>,
+    table: &str,
+    group: &str,
+    batch: Uuid,
+    dead: &[DeadLetter],
+    how: Reasons,
 ) -> Result<u64, tokio_postgres::Error> {
     let topics: Vec<Option<&str>> = dead.iter().map(|d| d.topic.as_deref()).collect();
     let partitions: Vec<Option<i32>> = dead.iter().map(|d| d.partition).collect();
@@ -169,14 +301,22 @@ pub async fn insert(
         .collect();
     let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
     let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
-    let reasons: Vec<String> = dead.iter().map(|d| d.reason.replace('\0', "\\0")).collect();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| storable_reason(&d.reason, how))
+        .collect();
     let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
     tx.execute(
         &format!(
-            r#"INSERT INTO {table} (topic, "partition", "offset", "timestamp", "key", payload, reason, stage, batch_id)
-               SELECT t, p, o, ts, k, v, r, s, $9
+            r#"INSERT INTO {table} (topic, "partition", "offset", "timestamp", "key", payload, reason,
+                                    stage, batch_id, consumer_group)
+               SELECT t, p, o, ts, k, v, r, s, $9, $10
                FROM unnest($1::text[], $2::int4[], $3::int8[], $4::timestamptz[], $5::bytea[],
-                           $6::bytea[], $7::text[], $8::text[]) AS d(t, p, o, ts, k, v, r, s)"#
+                           $6::bytea[], $7::text[], $8::text[]) AS d(t, p, o, ts, k, v, r, s)
+               WHERE o IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM {table} x
+                   WHERE x.topic = d.t AND x."partition" = d.p AND x."offset" = d.o
+                     AND x.consumer_group = $10)"#
         ),
         &[
             &topics,
@@ -188,9 +328,28 @@ pub async fn insert(
             &reasons,
             &stages,
             &batch,
+            &group,
         ],
     )
     .await
+}
+
+/// A reason PostgreSQL text can hold: no NUL, and ASCII only when asked.
+fn storable_reason(reason: &str, how: Reasons) -> String {
+    let reason = reason.replace('\0', "\\0");
+    match how {
+        Reasons::AsIs => reason,
+        Reasons::Ascii => reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    c.escape_unicode().to_string()
+                }
+            })
+            .collect(),
+    }
 }
 
 /// A Kafka timestamp (any integer) as one PostgreSQL can store, or none.
@@ -232,6 +391,18 @@ mod tests {
         assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(d.payload.as_deref(), Some(&b"{oops"[..]));
         assert_eq!(d.stage, Stage::Decode);
+    }
+
+    #[test]
+    fn reasons_are_made_storable() {
+        assert_eq!(storable_reason("a\0b", Reasons::AsIs), "a\\0b");
+        assert_eq!(storable_reason("名 é", Reasons::Ascii), "\\u{540d} \\u{e9}");
+        let up = upgrade("\"app\".\"dl\"");
+        assert!(up.contains("ALTER TABLE \"app\".\"dl\" ADD COLUMN IF NOT EXISTS consumer_group"));
+        assert!(
+            up.contains("INDEX IF NOT EXISTS \"dl_record\" ON \"app\".\"dl\""),
+            "{up}"
+        );
     }
 
     #[test]

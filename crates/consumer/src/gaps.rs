@@ -7,19 +7,24 @@
 //! owned partition's log start and end (ListOffsets) and:
 //! - **before the start** (retention deleted records before they were read): reading
 //!   goes on at the log start; the lost range goes to `pipeline_gaps`, the metrics
-//!   (`users_pipeline_records_lost_total`) and an error-level log line;
+//!   (`users_pipeline_records_lost_total`) and an error-level log line; a stored
+//!   offset below the start moves to it, so the loss is counted once;
 //! - **past the end** (the topic was recreated, Kafka's data lost, offsets restored
 //!   from a backup): `--offsets-past-end fail` (the default) stops with the
 //!   command that repairs it; `earliest`/`latest` moves the stored offset there,
-//!   recorded in `pipeline_gaps`;
-//! - **inside**: nothing to do after an assignment; after a fetch error the partition
-//!   is sought to its position, which restarts its fetch.
+//!   recorded in `pipeline_gaps`, and the batch being collected is dropped (its
+//!   records of that partition came from the old log);
+//! - **inside**: nothing to do.
+//!
+//! librdkafka refuses to seek a partition it stopped fetching, so after a fetch
+//! error, or a move, the owned partitions are assigned again (the eager protocol
+//! allows the application to), each at the position it reads on from.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use common::backoff::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::Offset;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -28,6 +33,7 @@ use crate::commit::Committer;
 use crate::config::{Config, PastEnd};
 use crate::ledger::Gap;
 use crate::partitions::{InLog, Partitions, locate};
+use crate::retry::FIRST_DELAY;
 use crate::source::KafkaConsumer;
 use crate::telemetry::Metrics;
 
@@ -48,6 +54,27 @@ pub struct Loop<'a> {
     pub metrics: &'a Metrics,
 }
 
+/// What the loop must do after [`resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// Nothing changed.
+    Unchanged,
+    /// Partitions were assigned again at their positions; the batch goes on.
+    Reassigned,
+    /// A partition's log was replaced: the batch being collected must be dropped;
+    /// every partition was assigned again at what PostgreSQL holds.
+    DropBatch,
+}
+
+/// Where reading of a partition outside its log goes on, and what is recorded.
+struct Move {
+    kind: &'static str,
+    resumed: i64,
+    /// Move the stored offset from this value to `resumed`.
+    store: Option<i64>,
+    lost: i64,
+}
+
 /// Finds the owned partitions whose position is outside their log and decides
 /// for each (see the module doc).
 pub async fn resolve(
@@ -55,55 +82,37 @@ pub async fn resolve(
     check: Check,
     committer: &mut Committer,
     stop: &CancellationToken,
-) -> Result<(), Error> {
+) -> Result<Resolved, Error> {
     let owned = l.partitions.owned();
-    let logs = list_offsets(l.config, owned.clone()).await?;
+    let Some(logs) = list_offsets(l.config, &owned, check, stop).await? else {
+        return Ok(Resolved::Unchanged);
+    };
+    let mut moved: HashMap<i32, i64> = HashMap::new();
+    let mut replaced = false;
     for p in owned {
         let (Some(position), Some(&(low, high))) = (l.partitions.position(p), logs.get(&p)) else {
             continue;
         };
         let stored = l.partitions.stored(p);
-        let (kind, resumed, store, lost) = match locate(position, low, high) {
-            InLog::Inside => {
-                if check == Check::FetchError {
-                    seek(&l, p, position);
-                }
-                continue;
-            }
-            InLog::BeforeStart { lost } => ("before_log_start", low, None, lost),
-            InLog::PastEnd { .. } => {
-                let resumed = match l.config.offsets_past_end {
-                    PastEnd::Fail => {
-                        return Err(Error::OffsetPastEnd {
-                            topic: l.config.topic.clone(),
-                            group: l.config.group.clone(),
-                            partition: p,
-                            stored: position,
-                            log_end: high,
-                        });
-                    }
-                    PastEnd::Earliest => low,
-                    PastEnd::Latest => high,
-                };
-                ("past_log_end", resumed, stored, 0)
-            }
+        let Some(m) = decide(l.config, p, position, stored, (low, high))? else {
+            continue;
         };
         let gap = Gap {
             group: &l.config.group,
             topic: &l.config.topic,
             partition: p,
-            kind,
+            kind: m.kind,
             position,
             log_start: low,
             log_end: high,
-            resumed_at: resumed,
+            resumed_at: m.resumed,
         };
-        match committer.record_gap(&gap, store, stop).await? {
-            None => return Ok(()), // stopping
+        match committer.record_gap(&gap, m.store, stop).await? {
+            None => return Ok(Resolved::Unchanged), // stopping
             Some(false) => {
+                // Another consumer owns it now; the coming rebalance settles it.
                 warn!(
-                    message =
-                        "Another consumer moved the partition's offset first; it is theirs now.",
+                    message = "Another consumer moved the partition's offset first.",
                     partition = p
                 );
                 continue;
@@ -113,27 +122,148 @@ pub async fn resolve(
         error!(
             message = "Partition position outside the log; recorded in pipeline_gaps.",
             partition = p,
-            kind,
+            kind = m.kind,
             position,
             log_start = low,
             log_end = high,
-            resumed_at = resumed,
-            records_lost = lost
+            resumed_at = m.resumed,
+            records_lost = m.lost
         );
-        l.metrics.gap(kind, lost as u64);
-        seek(&l, p, resumed);
-        let now_stored = if store.is_some() {
-            Some(resumed)
+        l.metrics.gap(m.kind, m.lost as u64);
+        let now_stored = if m.store.is_some() {
+            Some(m.resumed)
         } else {
             stored
         };
-        l.partitions.on_moved(p, now_stored, resumed);
+        l.partitions.on_moved(p, now_stored, m.resumed);
+        replaced |= m.kind == PAST_END;
+        moved.insert(p, m.resumed);
+    }
+    if moved.is_empty() && check == Check::Assignment {
+        return Ok(Resolved::Unchanged);
+    }
+    reassign(l, replaced)?;
+    Ok(if replaced {
+        Resolved::DropBatch
+    } else {
+        Resolved::Reassigned
+    })
+}
+
+const PAST_END: &str = "past_log_end";
+const BEFORE_START: &str = "before_log_start";
+
+/// What to do with a partition at `position` in the log `low..=high`: nothing
+/// (`None`, inside), a move, or (past the end, `--offsets-past-end fail`) an error.
+fn decide(
+    config: &Config,
+    partition: i32,
+    position: i64,
+    stored: Option<i64>,
+    (low, high): (i64, i64),
+) -> Result<Option<Move>, Error> {
+    Ok(match locate(position, low, high) {
+        InLog::Inside => None,
+        InLog::BeforeStart { lost } => Some(Move {
+            kind: BEFORE_START,
+            resumed: low,
+            // Nothing of the partition is in the batch: the stored offset moves to
+            // the log start with the gap's record (else the next commit moves it).
+            store: stored.filter(|s| *s == position),
+            lost,
+        }),
+        InLog::PastEnd { .. } => {
+            let resumed = match config.offsets_past_end {
+                PastEnd::Fail => {
+                    return Err(Error::OffsetPastEnd {
+                        topic: config.topic.clone(),
+                        group: config.group.clone(),
+                        partition,
+                        stored: position,
+                        log_end: high,
+                    });
+                }
+                PastEnd::Earliest => low,
+                PastEnd::Latest => high,
+            };
+            Some(Move {
+                kind: PAST_END,
+                resumed,
+                store: stored,
+                lost: 0,
+            })
+        }
+    })
+}
+
+/// Assigns the owned partitions again, each where reading goes on: its position
+/// (or, when the batch is dropped, what PostgreSQL holds), `--starting-offsets`
+/// where neither exists. This restarts the fetch librdkafka stopped.
+fn reassign(l: Loop<'_>, drop_batch: bool) -> Result<(), Error> {
+    let mut tpl = TopicPartitionList::new();
+    let mut positions = Vec::new();
+    for p in l.partitions.owned() {
+        let stored = l.partitions.stored(p);
+        let at = if drop_batch {
+            stored
+        } else {
+            l.partitions.position(p)
+        };
+        let offset = at.map_or(l.config.starting_offsets.offset(), Offset::Offset);
+        tpl.add_partition_offset(&l.config.topic, p, offset)
+            .map_err(Error::kafka("assigning partitions again"))?;
+        positions.push((p, stored, at));
+    }
+    l.consumer
+        .assign(&tpl)
+        .map_err(Error::kafka("assigning partitions again"))?;
+    if drop_batch {
+        // Everything is read again from what PostgreSQL holds.
+        let stored: HashMap<i32, i64> = positions
+            .iter()
+            .filter_map(|(p, s, _)| s.map(|s| (*p, s)))
+            .collect();
+        l.partitions.on_rewind(&stored);
+    } else {
+        for (p, stored, at) in positions {
+            if let Some(at) = at {
+                l.partitions.on_moved(p, stored, at);
+            }
+        }
     }
     Ok(())
 }
 
-/// Each partition's log start and end, asked of the broker (ListOffsets).
+/// Each partition's log start and end, asked of the broker (ListOffsets). After a
+/// fetch error the answer is needed: asked again with backoff until it comes
+/// (`None` when stopping). After an assignment it is a precaution: without an
+/// answer the check is skipped, and a fetch out of range brings it back.
 async fn list_offsets(
+    config: &Config,
+    partitions: &[i32],
+    check: Check,
+    stop: &CancellationToken,
+) -> Result<Option<HashMap<i32, (i64, i64)>>, Error> {
+    let mut backoff = Backoff::new(FIRST_DELAY, config.max_retry_backoff);
+    loop {
+        let error = match ask_offsets(config, partitions.to_vec()).await {
+            Ok(logs) => return Ok(Some(logs)),
+            Err(e) => e,
+        };
+        if check == Check::Assignment {
+            warn!(message = "Cannot check the stored offsets against the log; skipped.", error = %error);
+            return Ok(None);
+        }
+        let delay = backoff.fail();
+        warn!(message = "Cannot read the partitions' log start and end, retrying.", error = %error, retry_in = ?delay);
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn ask_offsets(
     config: &Config,
     partitions: Vec<i32>,
 ) -> Result<HashMap<i32, (i64, i64)>, Error> {
@@ -155,16 +285,4 @@ async fn list_offsets(
     })
     .await
     .map_err(|e| Error::Interrupted(format!("the offset lookup did not finish: {e}")))?
-}
-
-fn seek(l: &Loop<'_>, partition: i32, offset: i64) {
-    let topic = &l.config.topic;
-    let timeout = Duration::from_secs(10);
-    if let Err(e) = l
-        .consumer
-        .seek(topic, partition, Offset::Offset(offset), timeout)
-    {
-        // Most likely revoked meanwhile: the next assignment positions it.
-        warn!(message = "Cannot seek partition.", partition, error = %e);
-    }
 }

@@ -6,6 +6,7 @@
 //! - [`source`]: the group consumer; partitions start at offsets read from PostgreSQL.
 //! - [`partitions`]: per-partition progress and the loop's decisions on it (what to
 //!   take, what a rebalance or a rewind resets, when `--available-now` is done).
+//! - [`batch`]: one micro-batch, collected, then prepared (transform, encode).
 //! - [`decode`]: payloads to Arrow rows, or dead letters with a reason.
 //! - [`gaps`]: positions outside the log (retention, a recreated topic), decided
 //!   and recorded, never silent.
@@ -26,6 +27,7 @@
 //! ARCHITECTURE.md at the repository root explains the delivery guarantee.
 
 pub mod backpressure;
+pub mod batch;
 pub mod commit;
 pub mod config;
 pub mod dead_letter;
@@ -101,6 +103,12 @@ impl Error {
     pub fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| Error::KafkaRuntime { context, source }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Postgres(e.into())
     }
 }
 

@@ -7,11 +7,9 @@
 //! [`Partitions`]; how a batch commits is [`Committer`]'s. ARCHITECTURE.md
 //! describes the offset protocol this loop drives.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -24,14 +22,14 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
+use crate::batch::{self, Collecting, Prepared};
 use crate::commit::{self, Committed, Committer, Outcome};
 use crate::config::{Checked, Config};
-use crate::dead_letter::{DeadLetter, Stage};
-use crate::decode::{BatchBuilder, Origin};
+use crate::dead_letter::Stage;
+use crate::decode::Origin;
 use crate::gaps;
 use crate::ledger::Advance;
 use crate::partitions::Partitions;
-use crate::sink::copy::{self, Encoded};
 use crate::sink::csv::CsvSink;
 use crate::sink::postgres::{PgSink, Target};
 use crate::source::{self, KafkaConsumer, OffsetOracle, PipelineContext};
@@ -192,44 +190,6 @@ fn join_group(config: &Config, stop: &CancellationToken) -> Result<KafkaConsumer
     source::create(config, context)
 }
 
-/// One micro-batch being collected.
-struct Collecting {
-    builder: BatchBuilder,
-    /// Per partition: first and last offset taken.
-    ranges: BTreeMap<i32, (i64, i64)>,
-    started: Instant,
-}
-
-impl Collecting {
-    fn new() -> Self {
-        Self {
-            builder: BatchBuilder::new(),
-            ranges: BTreeMap::new(),
-            started: Instant::now(),
-        }
-    }
-
-    fn full(&self, config: &Config) -> bool {
-        self.builder.records() >= config.max_batch_records
-            || self.builder.bytes() >= config.max_batch_bytes
-    }
-}
-
-/// A collected batch, transformed and encoded: what the commit needs, and the
-/// figures the log line reports.
-struct Prepared {
-    id: Uuid,
-    records: u64,
-    output: Vec<RecordBatch>,
-    encoded: Encoded,
-    dead: Vec<DeadLetter>,
-    advances: Vec<Advance>,
-    input_rows: usize,
-    output_rows: usize,
-    failed_rows: usize,
-    started: Instant,
-}
-
 struct LoopState<'a> {
     config: &'a Config,
     consumer: &'a KafkaConsumer,
@@ -270,7 +230,9 @@ impl LoopState<'_> {
                     partitions: &mut self.partitions,
                     metrics: &self.metrics,
                 };
-                gaps::resolve(l, check, committer, stop).await?;
+                if gaps::resolve(l, check, committer, stop).await? == gaps::Resolved::DropBatch {
+                    batch = Collecting::new();
+                }
             }
             let records = batch.builder.records();
             let finished = self.config.available_now && self.all_done()?;
@@ -427,7 +389,14 @@ impl LoopState<'_> {
         stop: &CancellationToken,
     ) -> Result<Collecting, Error> {
         let generation = self.partitions.generation();
-        let prepared = self.prepare(batch).await?;
+        let prepared = batch::prepare(
+            batch,
+            self.transform,
+            self.columns,
+            self.config,
+            &self.partitions,
+        )
+        .await?;
         let (outcome, mut next) = self
             .commit_while_polling(&prepared, committer, stop)
             .await?;
@@ -462,48 +431,6 @@ impl LoopState<'_> {
         }
     }
 
-    /// Runs the transform (isolating rows it fails on), encodes the output for
-    /// COPY, and says how far each partition moves.
-    async fn prepare(&self, batch: Collecting) -> Result<Prepared, Error> {
-        let started = Instant::now();
-        let records = batch.builder.records();
-        let (input, mut dead) = batch.builder.finish();
-        let input_rows = input.num_rows();
-        let (output, failed) = self.transform.run_isolating(input).await;
-        dead.extend(
-            failed
-                .iter()
-                .map(|(row, reason)| DeadLetter::transform_failed(row, reason)),
-        );
-        let output_rows: usize = output.iter().map(RecordBatch::num_rows).sum();
-        if self.config.show > 0 && output_rows > 0 {
-            show(&output, self.config.show);
-        }
-        let encoded = copy::encode(&output, self.columns)?;
-        let advances = batch
-            .ranges
-            .iter()
-            .map(|(p, (first, last))| Advance {
-                partition: *p,
-                stored: self.partitions.stored(*p),
-                next: last + 1,
-                first: *first,
-            })
-            .collect();
-        Ok(Prepared {
-            id: Uuid::now_v7(),
-            records,
-            output,
-            encoded,
-            dead,
-            advances,
-            input_rows,
-            output_rows,
-            failed_rows: failed.len(),
-            started,
-        })
-    }
-
     /// Commits the batch while polling goes on (collecting the next batch) under
     /// [`Backpressure`]. Returns the outcome and the next batch.
     async fn commit_while_polling(
@@ -517,6 +444,7 @@ impl LoopState<'_> {
             output: &prepared.output,
             encoded: &prepared.encoded,
             dead_letters: &prepared.dead,
+            provenance: &prepared.provenance,
             advances: &prepared.advances,
             records: prepared.records,
         };
@@ -687,21 +615,4 @@ fn describe_ranges(advances: &[Advance]) -> String {
         .map(|a| format!("{}:[{}..{})", a.partition, a.first, a.next))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `--show N`: the first N rows, like Spark's `df.show()`.
-fn show(output: &[RecordBatch], n: usize) {
-    let mut left = n;
-    let mut head = Vec::new();
-    for b in output {
-        if left == 0 {
-            break;
-        }
-        let take = left.min(b.num_rows());
-        head.push(b.slice(0, take));
-        left -= take;
-    }
-    if let Ok(table) = datafusion::arrow::util::pretty::pretty_format_batches(&head) {
-        println!("{table}");
-    }
 }

@@ -72,19 +72,17 @@ impl<'a> Retry<'a> {
         mut op: impl AsyncFnMut() -> Result<T, E>,
     ) -> Result<Option<T>, E> {
         loop {
+            // An attempt, once started, runs to its end (promoting a committed
+            // batch's file must happen even when stopping), unless it was given a
+            // grace: then it is abandoned that long after `stop`.
             let attempt = async {
-                if let Some(grace) = self.grace {
-                    tokio::select! {
+                match self.grace {
+                    Some(grace) => tokio::select! {
                         biased;
                         r = op() => Some(r),
                         () = async { self.stop.cancelled().await; tokio::time::sleep(grace).await } => None,
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        () = self.stop.cancelled() => None,
-                        r = op() => Some(r),
-                    }
+                    },
+                    None => Some(op().await),
                 }
             };
             let error = match attempt.await {
@@ -185,19 +183,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_attempt_under_way_gets_its_grace_when_stopping() {
+    async fn an_attempt_runs_to_its_end_when_stopping_unless_its_grace_runs_out() {
         let stop = CancellationToken::new();
         stop.cancel();
         async fn slow() -> Result<i32, Failure> {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(7)
         }
+        let finished = quick(&stop).run(async || slow().await).await;
+        assert_eq!(
+            finished.ok().flatten(),
+            Some(7),
+            "no grace: never abandoned"
+        );
         let graced = quick(&stop)
             .grace_on_stop(Duration::from_secs(5))
             .run(async || slow().await)
             .await;
         assert_eq!(graced.ok().flatten(), Some(7));
-        let abandoned = quick(&stop).run(async || slow().await).await;
+        let abandoned = quick(&stop)
+            .grace_on_stop(Duration::from_millis(1))
+            .run(async || slow().await)
+            .await;
         assert!(matches!(abandoned, Ok(None)));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use events::{Generator, UserEvent};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use support::{Scenario, latest_by_id, text};
+use support::{Scenario, latest_by_id, report, text};
 
 /// A value no btree index row can hold (PostgreSQL's limit is about 2.7 kB after
 /// compression; random text barely compresses).
@@ -81,18 +81,38 @@ async fn poison_rows_of_several_kinds_become_dead_letters_and_the_stream_goes_on
             .await as usize
         }
     };
-    assert_eq!(by_code("P0001").await, raised.len(), "trigger RAISE");
-    assert_eq!(
+    let seconds = started.elapsed().as_secs_f64();
+    let (p0001, c54000, c23514) = (
+        by_code("P0001").await,
         by_code("54000").await,
-        too_large.len(),
-        "index row too large"
+        by_code("23514").await,
     );
-    assert_eq!(by_code("23514").await, unchecked.len(), "CHECK violation");
+    let written = s
+        .count("SELECT count(*) FROM users WHERE id LIKE 'edge-%'")
+        .await as usize;
+    let in_files: Vec<String> = s
+        .part_files()
+        .into_iter()
+        .flat_map(|(_, _, rows)| rows.into_iter().map(|r| r[0].clone()))
+        .filter(|id| id.starts_with("edge-"))
+        .collect();
+    let distinct: std::collections::HashSet<&String> = in_files.iter().collect();
+    let lost = (events.len() - poison).saturating_sub(written);
+    let duplicated = in_files.len() - distinct.len();
+    report(&format!(
+        "fault-suite: poison-records records={} dead_letters=P0001:{p0001},54000:{c54000},23514:{c23514} \
+         seconds={seconds:.1} lost={lost} duplicated={duplicated}",
+        events.len()
+    ));
+    assert_eq!(p0001, raised.len(), "trigger RAISE");
+    assert_eq!(c54000, too_large.len(), "index row too large");
+    assert_eq!(c23514, unchecked.len(), "CHECK violation");
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(written, events.len() - poison, "every other row written");
     assert_eq!(
-        s.count("SELECT count(*) FROM users WHERE id LIKE 'edge-%'")
-            .await as usize,
-        events.len() - poison,
-        "every other row written"
+        in_files.len(),
+        written,
+        "the files hold exactly the rows written"
     );
     let stored: i64 = s.stored_offsets().await.values().sum();
     assert_eq!(
@@ -100,10 +120,11 @@ async fn poison_rows_of_several_kinds_become_dead_letters_and_the_stream_goes_on
         warm.len() + events.len(),
         "offsets cover every record"
     );
-    eprintln!(
-        "poison: records={} dead_letters={poison} seconds={:.1}",
-        events.len(),
-        started.elapsed().as_secs_f64()
+    assert_eq!(
+        s.count("SELECT count(*) FROM dead_letters WHERE \"offset\" IS NULL")
+            .await,
+        0,
+        "refused rows keep their record's coordinates"
     );
 }
 
@@ -215,4 +236,137 @@ async fn a_stored_offset_past_the_log_end_stops_with_the_repair_then_a_policy_re
         ("past_log_end".to_string(), 0, 606, 0, 30, 0)
     );
     assert_eq!(s.stored_offsets().await.get(&0), Some(&30));
+    report(&format!(
+        "fault-suite: offsets-past-end stored=606 log_end=30 without_policy=refused \
+         policy=earliest rows={all} gap_rows=1 lost=0 duplicated=0"
+    ));
+}
+
+/// The event with every text field reduced to ASCII.
+fn ascii(mut e: UserEvent) -> UserEvent {
+    for f in [
+        &mut e.first_name,
+        &mut e.last_name,
+        &mut e.gender,
+        &mut e.address,
+        &mut e.post_code,
+        &mut e.email,
+        &mut e.username,
+        &mut e.phone,
+        &mut e.picture,
+    ] {
+        f.retain(|c| c.is_ascii());
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_copy_refuses_are_dead_letters_with_their_record_and_stay_out_of_the_files() {
+    let s = Scenario::new(1).await;
+    // A database whose encoding cannot hold every name, as legacy databases are.
+    let name = testkit::unique("latin");
+    s.db.batch_execute(&format!(
+        "CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    ))
+    .await
+    .unwrap();
+    let url = testkit::with_database(&s.db_url, &name);
+    let mut events: Vec<UserEvent> = Generator::new(85).take(200).map(ascii).collect();
+    let mut poisoned = Vec::new();
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id = Some(format!("enc-{i}"));
+        if i % 50 == 7 {
+            e.first_name = "李雷".into();
+            poisoned.push(format!("enc-{i}"));
+        }
+    }
+    s.publish(&events).await;
+    let out = s.run_available_now(&["--database-url", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = testkit::connect(&url).await;
+    let rows = db
+        .query(
+            r#"SELECT payload, reason, "partition", "offset", stage
+               FROM dead_letters ORDER BY "offset""#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), poisoned.len());
+    for (row, id) in rows.iter().zip(&poisoned) {
+        let (payload, reason): (Vec<u8>, String) = (row.get(0), row.get(1));
+        let payload = String::from_utf8(payload).unwrap();
+        assert!(reason.ends_with("(22P05)"), "{reason}");
+        assert_eq!(row.get::<_, String>(4), "sink");
+        assert_eq!(row.get::<_, Option<i32>>(2), Some(0), "coordinates kept");
+        let offset: Option<i64> = row.get(3);
+        assert_eq!(offset, id.strip_prefix("enc-").and_then(|n| n.parse().ok()));
+        // The record's event, as the decoder read it: replayable to its partition.
+        assert!(payload.contains(&format!("\"id\":\"{id}\"")), "{payload}");
+        assert!(payload.contains("李雷"), "{payload}");
+    }
+    let written: i64 = db
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written as usize, events.len() - poisoned.len());
+    let file_ids: Vec<String> = s
+        .part_files()
+        .into_iter()
+        .flat_map(|(_, _, rows)| rows.into_iter().map(|r| r[0].clone()))
+        .collect();
+    assert_eq!(
+        file_ids.len() as i64,
+        written,
+        "files hold exactly the rows written"
+    );
+    assert!(poisoned.iter().all(|p| !file_ids.contains(p)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_the_topic_again_stores_each_dead_letter_once() {
+    let s = Scenario::new(2).await;
+    let warm: Vec<UserEvent> = Generator::new(86).take(5).collect();
+    s.publish(&warm).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.db.batch_execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')")
+        .await
+        .unwrap();
+    let mut events: Vec<UserEvent> = Generator::new(87).take(300).collect();
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id = Some(format!("again-{i}"));
+        if i % 60 == 3 {
+            e.email = "refused".into();
+        }
+    }
+    s.publish(&events).await;
+    let malformed: Vec<testkit::Record> = (0..4)
+        .map(|i| (None, Some(format!("{{not json {i}").into_bytes())))
+        .collect();
+    testkit::produce_on(&s.brokers, &s.topic, &malformed, None).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = s.count("SELECT count(*) FROM dead_letters").await;
+    assert_eq!(first, 5 + 4, "5 refused rows, 4 malformed payloads");
+
+    let reset = s
+        .command(&["reset-offsets", "--to", "earliest"])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        s.count("SELECT count(*) FROM dead_letters").await,
+        first,
+        "the same records refused again are not stored twice"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM dead_letters WHERE \"offset\" IS NULL")
+            .await,
+        0,
+        "every dead letter has its coordinates"
+    );
 }

@@ -265,7 +265,20 @@ async fn a_custom_transform_shapes_the_table_and_files_and_refused_rows_are_kept
         "{}",
         dead[0].get::<_, String>(1)
     );
-    assert!(dead[0].get::<_, String>(2).contains("LEFÈVRE"));
+    // The refused row's record, as read from Kafka (replayable), with its coordinates.
+    assert!(
+        dead[0]
+            .get::<_, String>(2)
+            .contains("\"last_name\":\"Lefèvre\""),
+        "{}",
+        dead[0].get::<_, String>(2)
+    );
+    let offset: Option<i64> =
+        s.db.query_one(r#"SELECT "offset" FROM dead_letters"#, &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(offset, Some(1));
 
     let files = s.part_files();
     assert_eq!(files.len(), 1);
@@ -281,9 +294,10 @@ async fn a_custom_transform_shapes_the_table_and_files_and_refused_rows_are_kept
     );
     assert_eq!(
         files[0].2.len(),
-        4,
-        "the file holds the query's output rows"
+        3,
+        "the file holds the query's output rows, less the one PostgreSQL refused"
     );
+    assert!(files[0].2.iter().all(|row| row[0] != "2"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,10 +24,18 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days between the Unix epoch and PostgreSQL's.
 const PG_EPOCH_DAYS: i32 = 10_957;
 
-/// A row the encoder could not stage, as JSON, with the reason.
+/// Length of the binary COPY header (signature, flags, extension length).
+pub const HEADER_LEN: usize = 19;
+/// The binary COPY trailer.
+pub const TRAILER: [u8; 2] = [0xff, 0xff];
+
+/// Where an output row is: (batch index, row index) in the transform's output.
+pub type RowAt = (usize, usize);
+
+/// A row the encoder could not stage, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
-    pub row_json: String,
+    pub at: RowAt,
     pub reason: String,
 }
 
@@ -37,7 +45,33 @@ pub struct Encoded {
     pub bytes: Bytes,
     /// Rows staged (numbered `0..rows` in `__ord`).
     pub rows: i64,
+    /// Per staged row (by `__ord`): the byte offset in `bytes` where it ends, so
+    /// any range of rows can be sent again on its own.
+    pub row_ends: Vec<usize>,
+    /// Per staged row (by `__ord`): where it is in the output.
+    pub rows_at: Vec<RowAt>,
     pub rejected: Vec<Rejected>,
+}
+
+impl Encoded {
+    /// The COPY stream of rows `lo..hi` alone, as chunks (no copy of the rows).
+    pub fn range(&self, lo: usize, hi: usize) -> [Bytes; 3] {
+        let start = if lo == 0 {
+            HEADER_LEN
+        } else {
+            self.row_ends[lo - 1]
+        };
+        let end = if hi == 0 {
+            start
+        } else {
+            self.row_ends[hi - 1]
+        };
+        [
+            self.bytes.slice(..HEADER_LEN),
+            self.bytes.slice(start..end.max(start)),
+            Bytes::from_static(&TRAILER),
+        ]
+    }
 }
 
 /// Encodes `batches` (whose columns are `columns`, in order) as a binary COPY stream
@@ -58,9 +92,11 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
     buf.put_i32(0); // header extension length
     let mut ord: i64 = 0;
     let mut rejected = Vec::new();
+    let mut row_ends = Vec::with_capacity(total);
+    let mut rows_at = Vec::with_capacity(total);
     let fields = i16::try_from(columns.len() + 1)
         .map_err(|_| ArrowError::InvalidArgumentError("too many columns for COPY".into()))?;
-    for batch in batches {
+    for (b, batch) in batches.iter().enumerate() {
         let cast_columns: Vec<ArrayRef> = batch
             .columns()
             .iter()
@@ -72,7 +108,7 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
             for (array, column) in cast_columns.iter().zip(columns) {
                 if let Some(why) = unstorable(array, column.pg, row) {
                     rejected.push(Rejected {
-                        row_json: row_json(batch, row),
+                        at: (b, row),
                         reason: format!("column {:?} {why}", column.name),
                     });
                     continue 'rows;
@@ -85,12 +121,16 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
             buf.put_i32(8);
             buf.put_i64(ord);
             ord += 1;
+            row_ends.push(buf.len());
+            rows_at.push((b, row));
         }
     }
     buf.put_i16(-1);
     Ok(Encoded {
         bytes: buf.freeze(),
         rows: ord,
+        row_ends,
+        rows_at,
         rejected,
     })
 }
@@ -231,11 +271,12 @@ mod tests {
         assert_eq!(e.rows, 2);
         assert_eq!(e.rejected.len(), 1);
         assert!(e.rejected[0].reason.contains("NUL"));
-        assert!(
-            e.rejected[0].row_json.contains("\"n\":\"2\""),
-            "{}",
-            e.rejected[0].row_json
+        assert_eq!(
+            e.rejected[0].at,
+            (0, 1),
+            "the second row is the one refused"
         );
+        assert_eq!(e.rows_at, [(0, 0), (0, 2)]);
         let b = &e.bytes[..];
         assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");
         let mut expected: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
@@ -260,6 +301,14 @@ mod tests {
         expected.extend(1i64.to_be_bytes());
         expected.extend((-1i16).to_be_bytes());
         assert_eq!(b, &expected[..]);
+        // Any range of rows is a complete COPY stream of its own.
+        let second: Vec<u8> = e.range(1, 2).iter().flat_map(|c| c.to_vec()).collect();
+        let mut alone = expected[..HEADER_LEN].to_vec();
+        alone.extend(&expected[e.row_ends[0]..e.row_ends[1]]);
+        alone.extend(TRAILER);
+        assert_eq!(second, alone);
+        let all: Vec<u8> = e.range(0, 2).iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(all, expected);
     }
 
     #[test]
@@ -307,6 +356,6 @@ mod tests {
             reasons[1].starts_with("column \"d\" is a date before"),
             "{reasons:?}"
         );
-        assert!(e.rejected[1].row_json.contains("old-date"));
+        assert_eq!(e.rejected[1].at, (0, 2), "old-date");
     }
 }

@@ -22,6 +22,7 @@ use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::copy::Encoded;
 use super::{Column, quote_ident};
 use crate::ledger::{self, locks};
 use crate::retry::Retriable;
@@ -306,6 +307,8 @@ impl PgSink {
         tx.batch_execute(ledger::DDL).await?;
         tx.batch_execute(&crate::dead_letter::ddl(&target.dead_letter_table))
             .await?;
+        tx.batch_execute(&crate::dead_letter::upgrade(&target.dead_letter_table))
+            .await?;
         for ddl in plan_table(&tx, &target).await? {
             tx.batch_execute(&ddl).await?;
             info!(message = "Changed the table.", table = %target.table, ddl = %ddl);
@@ -316,13 +319,18 @@ impl PgSink {
     }
 }
 
-/// Stages rows for the merge: the whole binary COPY stream of a batch into this
-/// session's staging table.
+/// A staged row PostgreSQL refused: its `__ord` and the server's reason.
+pub type Refused = (i64, String);
+
+/// Stages the batch's rows for the merge (binary COPY into this session's staging
+/// table), isolating rows COPY refuses ([`Fault::Rows`]: a character the
+/// database's encoding cannot hold, a date out of its range): the COPY is retried
+/// on halves under savepoints down to single rows. Any other failure is returned.
 pub async fn copy_rows(
-    tx: &Transaction<'_>,
+    tx: &mut Transaction<'_>,
     target: &Target,
-    bytes: bytes::Bytes,
-) -> Result<(), tokio_postgres::Error> {
+    encoded: &Encoded,
+) -> Result<Vec<Refused>, tokio_postgres::Error> {
     let copy = format!(
         "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
         target
@@ -332,54 +340,58 @@ pub async fn copy_rows(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let sink = tx.copy_in(&copy).await?;
-    futures::pin_mut!(sink);
-    sink.send(bytes).await?;
-    sink.finish().await?;
-    Ok(())
-}
-
-/// Rows the merge refused, each with the server's reason.
-pub struct Refused {
-    /// The row as JSON, read back from the staging table.
-    pub row_json: String,
-    pub reason: String,
+    isolate(tx, encoded.rows, async |sp, lo, hi| {
+        let sink = sp.copy_in(&copy).await?;
+        futures::pin_mut!(sink);
+        // Slices of the encoded batch: a retry costs no re-encoding and no copy.
+        for chunk in encoded.range(lo as usize, hi as usize) {
+            sink.send(chunk).await?;
+        }
+        sink.finish().await.map(|_| ())
+    })
+    .await
 }
 
 /// Upserts rows `0..rows` of the stage, isolating the rows PostgreSQL refuses
-/// ([`Fault::Rows`]): the statement is retried on halves under savepoints down to
-/// single rows. Returns the rows written and the refused ones; any other failure
-/// aborts the transaction and is returned for the caller to retry or report.
-/// Halves run in order, so later rows still win over earlier ones.
+/// ([`Fault::Rows`]). Returns the rows written and the refused ones; any other
+/// failure is returned for the caller to retry or report. Halves run in order, so
+/// later rows still win over earlier ones.
 pub async fn merge(
     tx: &mut Transaction<'_>,
     upsert: &str,
     rows: i64,
 ) -> Result<(u64, Vec<Refused>), tokio_postgres::Error> {
-    let mut pending = VecDeque::from([(0i64, rows)]);
     let mut written = 0u64;
+    let refused = isolate(tx, rows, async |sp, lo, hi| {
+        written += sp.execute(upsert, &[&lo, &hi]).await?;
+        Ok(())
+    })
+    .await?;
+    Ok((written, refused))
+}
+
+/// Runs `step` over rows `0..rows` under a savepoint; where it fails with
+/// [`Fault::Rows`], rolls back and runs it on the two halves (in order), down to
+/// single rows, which are refused with the server's reason. Bounded: at most
+/// about 2 x rows attempts, however many rows are refused.
+async fn isolate(
+    tx: &mut Transaction<'_>,
+    rows: i64,
+    mut step: impl AsyncFnMut(&Transaction<'_>, i64, i64) -> Result<(), tokio_postgres::Error>,
+) -> Result<Vec<Refused>, tokio_postgres::Error> {
+    let mut pending = VecDeque::from([(0i64, rows)]);
     let mut refused = Vec::new();
     while let Some((lo, hi)) = pending.pop_front() {
-        let sp = tx.savepoint("merge").await?;
-        match sp.execute(upsert, &[&lo, &hi]).await {
-            Ok(n) => {
-                sp.commit().await?;
-                written += n;
-            }
+        if lo >= hi {
+            continue;
+        }
+        let sp = tx.savepoint("isolate").await?;
+        match step(&sp, lo, hi).await {
+            Ok(()) => sp.commit().await?,
             Err(e) if fault(&e) == Fault::Rows => {
                 sp.rollback().await?;
                 if hi - lo == 1 {
-                    let row_json: String = tx
-                        .query_one(
-                            "SELECT (to_jsonb(s) - '__ord')::text FROM pg_temp.pipeline_stage s WHERE __ord = $1",
-                            &[&lo],
-                        )
-                        .await?
-                        .get(0);
-                    refused.push(Refused {
-                        row_json,
-                        reason: reason(&e),
-                    });
+                    refused.push((lo, reason(&e)));
                 } else {
                     let mid = lo + (hi - lo) / 2;
                     pending.push_front((mid, hi));
@@ -389,7 +401,7 @@ pub async fn merge(
             Err(e) => return Err(e),
         }
     }
-    Ok((written, refused))
+    Ok(refused)
 }
 
 /// What the output table needs: nothing, a CREATE TABLE, or ALTERs adding new
