@@ -10,9 +10,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use consumer::dead_letter::Provenance;
 use consumer::decode::{BatchBuilder, Origin};
 use consumer::sink::copy::{self, Encoded};
-use consumer::sink::postgres::{PgSink, Target, upsert_sql};
+use consumer::sink::postgres::{Guard, PgSink, Target, upsert_sql};
 use consumer::sink::{self, quote_ident};
 use consumer::transform::{DEFAULT_SQL, Transform};
 use futures::SinkExt;
@@ -173,20 +174,27 @@ pub async fn encode_batches(
                     offset,
                     timestamp: Some(0),
                     key: e.key.as_deref(),
+                    rank: None,
                 },
                 Some(&e.payload),
             );
         }
-        let (input, _) = builder.finish();
+        let (input, _, ranks) = builder.finish_ranked();
+        let provenance = Provenance::new(input.clone(), "id", ranks);
         let output = transform.run(input).await?;
-        let encoded = copy::encode(&output, &columns)?;
+        // As the pipeline encodes it: each row with its record's rank (the guard).
+        let encoded = copy::encode(
+            &provenance.ranked(&output)?,
+            &Guard::Kafka.columns(&columns),
+        )?;
         rows += encoded.rows as u64;
         batches.push(encoded);
     }
     let target = Target {
         table: sink::table_ident(table).map_err(anyhow::Error::msg)?,
         key: sink::column_ident("id").map_err(anyhow::Error::msg)?,
-        columns,
+        columns: Guard::Kafka.columns(&columns),
+        guard: Guard::Kafka,
         dead_letter_table: sink::table_ident(&format!("{table}_dead_letters"))
             .map_err(anyhow::Error::msg)?,
         group: "bench-limit".into(),

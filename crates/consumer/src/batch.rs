@@ -13,8 +13,8 @@ use crate::dead_letter::{DeadLetter, Provenance};
 use crate::decode::BatchBuilder;
 use crate::ledger::Advance;
 use crate::partitions::Partitions;
-use crate::sink::Column;
 use crate::sink::copy::{self, Encoded};
+use crate::sink::postgres::{Guard, Target};
 use crate::transform::Transform;
 
 /// One micro-batch being collected.
@@ -67,15 +67,15 @@ pub struct Prepared {
 pub async fn prepare(
     batch: Collecting,
     transform: &Transform,
-    columns: &[Column],
+    target: &Target,
     config: &Config,
     partitions: &Partitions,
 ) -> Result<Prepared, Error> {
     let started = Instant::now();
     let records = batch.builder.records();
-    let (input, mut dead) = batch.builder.finish();
+    let (input, mut dead, ranks) = batch.builder.finish_ranked();
     let input_rows = input.num_rows();
-    let provenance = Provenance::new(input.clone(), &config.key_column);
+    let provenance = Provenance::new(input.clone(), &config.key_column, ranks);
     let (output, failed) = transform.run_isolating(input).await;
     dead.extend(
         failed
@@ -86,7 +86,11 @@ pub async fn prepare(
     if config.show > 0 && output_rows > 0 {
         show(&output, config.show);
     }
-    let encoded = copy::encode(&output, columns)?;
+    // The table's columns: under the Kafka guard, each row with its record's rank.
+    let encoded = match target.guard {
+        Guard::Kafka => copy::encode(&provenance.ranked(&output)?, &target.columns)?,
+        Guard::Column(_) => copy::encode(&output, &target.columns)?,
+    };
     let advances = batch
         .ranges
         .iter()

@@ -118,6 +118,11 @@ impl Committer {
         }
     }
 
+    /// Where rows, dead letters and offsets go.
+    pub fn target(&self) -> &crate::sink::postgres::Target {
+        self.pg.target()
+    }
+
     /// `user@host:port/db` of the PostgreSQL session, for messages.
     pub fn postgres(&self) -> &str {
         self.pg.display()

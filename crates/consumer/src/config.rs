@@ -85,6 +85,14 @@ pub struct Config {
     #[arg(long, env = "KEY_COLUMN", default_value = "id", global = true)]
     pub key_column: String,
 
+    /// Which row wins when a key comes again: by default the one whose Kafka record
+    /// is newer in its partition (the record's partition and offset are stored in
+    /// the columns `_kafka_partition` and `_kafka_offset`); with this, the one with
+    /// the higher value of this output column (e.g. an event time), across
+    /// partitions. A row never replaces a newer one, even when replayed or re-read.
+    #[arg(long, env = "ORDER_BY", global = true)]
+    pub order_by: Option<String>,
+
     /// Table that keeps every message that could not be processed, with the reason.
     #[arg(
         long,
@@ -237,7 +245,9 @@ pub struct Checked {
     pub dead_letter_table: String,
     pub key: String,
     pub transform: crate::transform::Transform,
+    /// The transform's output columns (the CSV header).
     pub columns: Vec<crate::sink::Column>,
+    pub guard: crate::sink::postgres::Guard,
 }
 
 impl Config {
@@ -259,13 +269,37 @@ impl Config {
                 names.join(", ")
             )));
         }
+        let guard = self.guard(&columns)?;
         Ok(Checked {
             table,
             dead_letter_table,
             key,
             transform,
             columns,
+            guard,
         })
+    }
+
+    /// The upsert's ordering guard: `--order-by`, a column of the output, or the
+    /// Kafka position of each row's record.
+    fn guard(
+        &self,
+        columns: &[crate::sink::Column],
+    ) -> Result<crate::sink::postgres::Guard, crate::Error> {
+        use crate::sink::postgres::Guard;
+        let Some(order_by) = &self.order_by else {
+            return Ok(Guard::Kafka);
+        };
+        let quoted = crate::sink::column_ident(order_by).map_err(crate::Error::Config)?;
+        if !columns.iter().any(|c| &c.name == order_by) || *order_by == self.key_column {
+            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(crate::Error::Config(format!(
+                "--order-by {order_by:?} must be an output column other than the key \
+                 (columns: {})",
+                names.join(", ")
+            )));
+        }
+        Ok(Guard::Column(quoted))
     }
 
     /// The transform SQL: the user's file, or the default shipped with the binary.

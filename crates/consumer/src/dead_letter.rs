@@ -7,9 +7,13 @@
 //! take the values listed below.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Builder, Int64Builder};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int32Type, Int64Type, Schema, TimestampMillisecondType,
+};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use tokio_postgres::Transaction;
@@ -17,6 +21,19 @@ use uuid::Uuid;
 
 use crate::decode::{Origin, Reject};
 use crate::sink::copy::{self, RowAt};
+
+/// Header of a replayed dead letter: the original record's partition.
+pub const ORIGIN_PARTITION_HEADER: &str = "users-pipeline-origin-partition";
+/// Header of a replayed dead letter: the original record's offset.
+pub const ORIGIN_OFFSET_HEADER: &str = "users-pipeline-origin-offset";
+
+/// The rank a replayed record keeps: its original (partition, offset), from the
+/// values of the two origin headers.
+pub fn origin_rank(partition: Option<&[u8]>, offset: Option<&[u8]>) -> Option<(i32, i64)> {
+    let partition = std::str::from_utf8(partition?).ok()?.parse().ok()?;
+    let offset = std::str::from_utf8(offset?).ok()?.parse().ok()?;
+    Some((partition, offset))
+}
 
 /// Where in the pipeline a record was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,16 +170,70 @@ pub struct Provenance {
     input: RecordBatch,
     /// The key column's name, when the input has a column of that name.
     key: Option<String>,
+    /// Per input row: the (partition, offset) that ranks it.
+    ranks: Vec<(i32, i64)>,
+    /// Key text -> the last input row with that key, built on first use.
+    by_key: OnceLock<HashMap<String, usize>>,
 }
 
+/// The columns holding the rank of a row's record in the output table.
+pub const RANK_COLUMNS: [&str; 2] = ["_kafka_partition", "_kafka_offset"];
+
 impl Provenance {
-    /// `input` is the batch the transform read; `key` the output's key column.
-    pub fn new(input: RecordBatch, key: &str) -> Self {
+    /// `input` is the batch the transform read, `ranks` its rows' ranks; `key` the
+    /// output's key column.
+    pub fn new(input: RecordBatch, key: &str, ranks: Vec<(i32, i64)>) -> Self {
         let key = input
             .schema()
             .column_with_name(key)
             .map(|_| key.to_string());
-        Self { input, key }
+        Self {
+            input,
+            key,
+            ranks,
+            by_key: OnceLock::new(),
+        }
+    }
+
+    /// The input row an output row came from.
+    fn input_row(&self, keys: &[Option<String>], row: usize) -> Option<usize> {
+        let by_key = self.by_key.get_or_init(|| {
+            let keys = key_texts(&self.input, self.key.as_deref());
+            keys.into_iter()
+                .enumerate()
+                .filter_map(|(i, k)| Some((k?, i)))
+                .collect()
+        });
+        keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
+    }
+
+    /// The output with the rank of each row's record appended as
+    /// [`RANK_COLUMNS`] (null where the record is not known).
+    pub fn ranked(&self, output: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+        output
+            .iter()
+            .map(|batch| {
+                let keys = key_texts(batch, self.key.as_deref());
+                let (mut partitions, mut offsets) = (Int32Builder::new(), Int64Builder::new());
+                for row in 0..batch.num_rows() {
+                    let rank = self.input_row(&keys, row).and_then(|i| self.ranks.get(i));
+                    partitions.append_option(rank.map(|r| r.0));
+                    offsets.append_option(rank.map(|r| r.1));
+                }
+                let mut fields: Vec<Field> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new(RANK_COLUMNS[0], DataType::Int32, true));
+                fields.push(Field::new(RANK_COLUMNS[1], DataType::Int64, true));
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(partitions.finish()) as ArrayRef);
+                columns.push(Arc::new(offsets.finish()) as ArrayRef);
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            })
+            .collect()
     }
 
     /// The dead letters of output rows refused at `at`, each with its reason.
@@ -172,17 +243,15 @@ impl Provenance {
         refused: Vec<(RowAt, String)>,
         topic: &str,
     ) -> Vec<DeadLetter> {
-        if refused.is_empty() {
-            return Vec::new();
-        }
-        let by_key = self.input_rows_by_key();
+        let mut keys: HashMap<usize, Vec<Option<String>>> = HashMap::new();
         refused
             .into_iter()
             .map(|((b, row), reason)| {
                 let batch = &output[b];
-                let input_row =
-                    key_text(batch, self.key.as_deref(), row).and_then(|k| by_key.get(&k).copied());
-                match input_row {
+                let batch_keys = keys
+                    .entry(b)
+                    .or_insert_with(|| key_texts(batch, self.key.as_deref()));
+                match self.input_row(batch_keys, row) {
                     Some(i) => {
                         DeadLetter::of_input_row(&self.input.slice(i, 1), reason, Stage::Sink)
                     }
@@ -191,29 +260,23 @@ impl Provenance {
             })
             .collect()
     }
-
-    /// Key text -> the last input row with that key.
-    fn input_rows_by_key(&self) -> HashMap<String, usize> {
-        let mut map = HashMap::new();
-        for row in 0..self.input.num_rows() {
-            if let Some(k) = key_text(&self.input, self.key.as_deref(), row) {
-                map.insert(k, row);
-            }
-        }
-        map
-    }
 }
 
-/// A row's key as text (`None` when the column is missing or the value null).
-fn key_text(batch: &RecordBatch, key: Option<&str>, row: usize) -> Option<String> {
-    let column = batch.column_by_name(key?)?;
-    if column.is_null(row) {
-        return None;
+/// Every row's key as text (`None` when the column is missing or the value null).
+fn key_texts(batch: &RecordBatch, key: Option<&str>) -> Vec<Option<String>> {
+    let Some(column) = key.and_then(|k| batch.column_by_name(k)) else {
+        return vec![None; batch.num_rows()];
+    };
+    if let Some(strings) = column.as_string_opt::<i32>() {
+        return strings.iter().map(|v| v.map(str::to_string)).collect();
     }
     let options = FormatOptions::default();
-    ArrayFormatter::try_new(column.as_ref(), &options)
-        .ok()
-        .map(|f| f.value(row).to_string())
+    let Ok(format) = ArrayFormatter::try_new(column.as_ref(), &options) else {
+        return vec![None; batch.num_rows()];
+    };
+    (0..batch.num_rows())
+        .map(|row| (!column.is_null(row)).then(|| format.value(row).to_string()))
+        .collect()
 }
 
 /// The DDL of the dead-letter table (also printed by `consumer validate`).
@@ -382,6 +445,7 @@ mod tests {
             offset: 41,
             timestamp: Some(5),
             key: Some(b"k"),
+            rank: None,
         };
         let d = DeadLetter::malformed(&origin, Some(b"{oops"), &Reject::Empty);
         assert_eq!(
@@ -391,6 +455,13 @@ mod tests {
         assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(d.payload.as_deref(), Some(&b"{oops"[..]));
         assert_eq!(d.stage, Stage::Decode);
+    }
+
+    #[test]
+    fn a_replayed_record_keeps_the_rank_its_headers_carry() {
+        assert_eq!(origin_rank(Some(b"2"), Some(b"41")), Some((2, 41)));
+        assert_eq!(origin_rank(Some(b"2"), None), None);
+        assert_eq!(origin_rank(Some(b"x"), Some(b"41")), None);
     }
 
     #[test]

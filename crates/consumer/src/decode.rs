@@ -54,6 +54,9 @@ pub struct Origin<'a> {
     /// Milliseconds since the epoch, when the message has a timestamp.
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
+    /// The position that ranks this record against others of its key: its own,
+    /// or for a replayed dead letter the original record's (`None`: its own).
+    pub rank: Option<(i32, i64)>,
 }
 
 /// Why a payload is a dead letter.
@@ -87,6 +90,8 @@ pub struct BatchBuilder {
     timestamp: TimestampMillisecondBuilder,
     key: BinaryBuilder,
     dead: Vec<DeadLetter>,
+    /// Per row: (partition, offset) that ranks it (see [`Origin::rank`]).
+    ranks: Vec<(i32, i64)>,
     records: u64,
     bytes: u64,
 }
@@ -107,6 +112,7 @@ impl BatchBuilder {
             timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
             key: BinaryBuilder::new(),
             dead: Vec::new(),
+            ranks: Vec::new(),
             records: 0,
             bytes: 0,
         }
@@ -136,6 +142,8 @@ impl BatchBuilder {
                 self.offset.append_value(origin.offset);
                 self.timestamp.append_option(origin.timestamp);
                 self.key.append_option(origin.key);
+                self.ranks
+                    .push(origin.rank.unwrap_or((origin.partition, origin.offset)));
             }
             Err(reject) => self
                 .dead
@@ -144,7 +152,13 @@ impl BatchBuilder {
     }
 
     /// The rows as a record batch of [`input_schema`], and the dead letters.
-    pub fn finish(mut self) -> (RecordBatch, Vec<DeadLetter>) {
+    pub fn finish(self) -> (RecordBatch, Vec<DeadLetter>) {
+        let (batch, dead, _) = self.finish_ranked();
+        (batch, dead)
+    }
+
+    /// Like [`BatchBuilder::finish`], with each row's rank (see [`Origin::rank`]).
+    pub fn finish_ranked(mut self) -> (RecordBatch, Vec<DeadLetter>, Vec<(i32, i64)>) {
         let mut columns: Vec<ArrayRef> = self
             .fields
             .iter_mut()
@@ -159,7 +173,7 @@ impl BatchBuilder {
         // cannot fail; an empty batch keeps the pipeline going if it ever did.
         let batch = RecordBatch::try_new(input_schema(), columns)
             .unwrap_or_else(|_| RecordBatch::new_empty(input_schema()));
-        (batch, self.dead)
+        (batch, self.dead, self.ranks)
     }
 }
 
@@ -296,6 +310,7 @@ mod tests {
             offset,
             timestamp: Some(1_700_000_000_000),
             key: Some(b"k"),
+            rank: None,
         }
     }
 

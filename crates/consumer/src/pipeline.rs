@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
 use crate::batch::{self, Collecting, Prepared};
 use crate::commit::{self, Committed, Committer, Outcome};
 use crate::config::{Checked, Config};
-use crate::dead_letter::Stage;
+use crate::dead_letter::{self, Stage};
 use crate::decode::Origin;
 use crate::gaps;
 use crate::ledger::Advance;
@@ -83,6 +83,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         key,
         transform,
         columns,
+        guard,
     } = config.check().await?;
     let instance = Uuid::new_v4();
     let csv = CsvSink::open(&config.output_dir, instance)?;
@@ -99,7 +100,8 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     let target = Target {
         table,
         key,
-        columns: columns.clone(),
+        columns: guard.columns(&columns),
+        guard,
         dead_letter_table,
         group: config.group.clone(),
         topic: config.topic.clone(),
@@ -135,7 +137,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         consumer: &consumer,
         partitions: Partitions::default(),
         transform: &transform,
-        columns: &columns,
+        target: committer.target().clone(),
         metrics,
         readiness: &readiness,
         summary: RunSummary::default(),
@@ -153,6 +155,15 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         dead_letters = summary.dead_letters
     );
     result.map(|()| summary)
+}
+
+/// The original position a replayed dead letter carries in its headers.
+fn replayed_rank(headers: &rdkafka::message::BorrowedHeaders) -> Option<(i32, i64)> {
+    let value = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
+    dead_letter::origin_rank(
+        value(dead_letter::ORIGIN_PARTITION_HEADER),
+        value(dead_letter::ORIGIN_OFFSET_HEADER),
+    )
 }
 
 /// Fails fast (within `--connect-timeout`) when the brokers cannot be reached or
@@ -195,7 +206,8 @@ struct LoopState<'a> {
     consumer: &'a KafkaConsumer,
     partitions: Partitions,
     transform: &'a Transform,
-    columns: &'a [crate::sink::Column],
+    /// The table's columns and guard (what a batch is encoded for).
+    target: Target,
     metrics: Metrics,
     readiness: &'a Readiness,
     summary: RunSummary,
@@ -334,6 +346,7 @@ impl LoopState<'_> {
             offset,
             timestamp: m.timestamp().to_millis(),
             key: m.key(),
+            rank: m.headers().and_then(replayed_rank),
         };
         batch.builder.push(&origin, m.payload());
         batch
@@ -392,7 +405,7 @@ impl LoopState<'_> {
         let prepared = batch::prepare(
             batch,
             self.transform,
-            self.columns,
+            &self.target,
             self.config,
             &self.partitions,
         )

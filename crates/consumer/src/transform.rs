@@ -130,6 +130,7 @@ mod tests {
                     offset: *offset,
                     timestamp: Some(0),
                     key: None,
+                    rank: None,
                 },
                 Some(payload.as_bytes()),
             );

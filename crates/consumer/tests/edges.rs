@@ -370,3 +370,109 @@ async fn reading_the_topic_again_stores_each_dead_letter_once() {
         "every dead letter has its coordinates"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_record_never_overwrites_a_newer_one_even_replayed_or_reread() {
+    let s = Scenario::new(1).await;
+    let warm: Vec<UserEvent> = Generator::new(88).take(3).collect();
+    s.publish(&warm).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.db.batch_execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')")
+        .await
+        .unwrap();
+    let mut old = Generator::new(89).next().unwrap();
+    old.id = Some("guard-1".into());
+    old.first_name = "Old".into();
+    old.email = "refused-without-at".into();
+    let mut new = old.clone();
+    new.first_name = "New".into();
+    new.email = "new@example.com".into();
+    // The old version is refused (a dead letter), the new one written after it.
+    s.publish(std::slice::from_ref(&old)).await;
+    s.publish(std::slice::from_ref(&new)).await;
+    let out = s.run_available_now(&["--max-batch-records", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first_name = async || -> String {
+        s.db.query_one("SELECT first_name FROM users WHERE id = 'guard-1'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(first_name().await, "New");
+
+    // The operator fixes the constraint and replays the dead letter: the old event
+    // comes back with its original position and must not win over the new one.
+    s.db.batch_execute("ALTER TABLE users DROP CONSTRAINT email_has_at")
+        .await
+        .unwrap();
+    let replay = s.command(&["replay-dead-letters"]).output().unwrap();
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        first_name().await,
+        "New",
+        "a replayed old event keeps its rank"
+    );
+
+    // Reading everything again from the start changes nothing either.
+    let reset = s
+        .command(&["reset-offsets", "--to", "earliest"])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    let out = s.run_available_now(&["--max-batch-records", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(first_name().await, "New");
+    let rank: (Option<i32>, Option<i64>) = {
+        let r =
+            s.db.query_one(
+                "SELECT _kafka_partition, _kafka_offset FROM users WHERE id = 'guard-1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        rank,
+        (Some(0), Some(4)),
+        "the new record's position is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_by_keeps_the_row_with_the_highest_value_across_partitions() {
+    let s = Scenario::new(2).await;
+    let mut newer = Generator::new(90).next().unwrap();
+    newer.id = Some("ordered-1".into());
+    newer.registered_date = "2021-06-01T00:00:00.000Z".into();
+    newer.first_name = "Newer".into();
+    let mut older = newer.clone();
+    older.registered_date = "2019-06-01T00:00:00.000Z".into();
+    older.first_name = "Older".into();
+    let record = |e: &UserEvent| (None, Some(e.to_json()));
+    // The newer event on partition 1 is read first; the older one arrives later on
+    // partition 0: by Kafka position it would win, by registered_date it must not.
+    testkit::produce_on(&s.brokers, &s.topic, &[record(&newer)], Some(1)).await;
+    let args = ["--order-by", "registered_date"];
+    let out = s.run_available_now(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    testkit::produce_on(&s.brokers, &s.topic, &[record(&older)], Some(0)).await;
+    let out = s.run_available_now(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let name: String =
+        s.db.query_one("SELECT first_name FROM users WHERE id = 'ordered-1'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(name, "Newer");
+    let bad = s.run_available_now(&["--order-by", "no_such_column"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("--order-by"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::{AdminConsumer, Quiet, blocking, pg_err};
 use crate::Error;
 use crate::config::{Config, ReplayArgs};
+use crate::dead_letter;
 use crate::ledger::{locks, replays};
 use crate::sink::postgres;
 use crate::sink::table_ident;
@@ -36,6 +37,9 @@ const REPLAY_SETTLE_AFTER_S: f64 = 45.0;
 /// A dead letter selected for replay.
 struct Selected {
     id: i64,
+    /// The original record's partition and offset (kept by the replay so the
+    /// replayed record keeps its rank against newer ones of its key).
+    origin: Option<(i32, i64)>,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     reason: String,
@@ -168,7 +172,7 @@ async fn select(client: &Client, table: &str, args: &ReplayArgs) -> Result<Vec<S
     let rows = client
         .query(
             &format!(
-                r#"SELECT id, "key", payload, reason FROM {table}
+                r#"SELECT id, "key", payload, reason, "partition", "offset" FROM {table}
                    WHERE replayed_at IS NULL
                      AND ($1::bigint IS NULL OR id >= $1)
                      AND ($2::bigint IS NULL OR id <= $2)
@@ -186,6 +190,7 @@ async fn select(client: &Client, table: &str, args: &ReplayArgs) -> Result<Vec<S
             key: r.get(1),
             payload: r.get(2),
             reason: r.get(3),
+            origin: r.get::<_, Option<i32>>(4).zip(r.get::<_, Option<i64>>(5)),
         })
         .collect())
 }
@@ -236,7 +241,7 @@ async fn publish(
             beat = Instant::now();
         }
         let id_text = d.id.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: REPLAY_HEADER,
                 value: Some(replay.as_bytes()),
@@ -245,6 +250,18 @@ async fn publish(
                 key: DEAD_LETTER_HEADER,
                 value: Some(id_text.as_bytes()),
             });
+        if let Some((partition, offset)) = d.origin {
+            let (partition, offset) = (partition.to_string(), offset.to_string());
+            headers = headers
+                .insert(Header {
+                    key: dead_letter::ORIGIN_PARTITION_HEADER,
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: dead_letter::ORIGIN_OFFSET_HEADER,
+                    value: Some(offset.as_bytes()),
+                });
+        }
         let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).headers(headers);
         if let Some(k) = &d.key {
             record = record.key(k);

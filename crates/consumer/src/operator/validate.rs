@@ -13,6 +13,7 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
         dead_letter_table,
         key,
         columns,
+        guard,
         ..
     } = config.check().await?;
     println!(
@@ -45,7 +46,8 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
     let target = Target {
         table: table.clone(),
         key,
-        columns,
+        columns: guard.columns(&columns),
+        guard,
         dead_letter_table,
         group: config.group.clone(),
         topic: config.topic.clone(),

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::copy::Encoded;
 use super::{Column, quote_ident};
+use crate::dead_letter::RANK_COLUMNS;
 use crate::ledger::{self, locks};
 use crate::retry::Retriable;
 
@@ -175,12 +176,47 @@ pub fn fault_of(code: &str) -> Fault {
     }
 }
 
+/// The rule that decides whether an incoming row may replace the stored row of
+/// its key: "latest wins", by a rule the user can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// By the Kafka position of the row's record, stored with the row in
+    /// [`RANK_COLUMNS`]: an older record of the same partition never overwrites a
+    /// newer one (a reset, a replayed dead letter, which keeps its original
+    /// position); across partitions, which have no order, the later write wins.
+    Kafka,
+    /// By an output column (`--order-by`, quoted): a row whose value is lower never
+    /// overwrites one whose value is higher; a null never overwrites a value.
+    Column(String),
+}
+
+impl Guard {
+    /// The table's columns under this guard: the output's, plus the rank columns
+    /// for [`Guard::Kafka`].
+    pub fn columns(&self, output: &[Column]) -> Vec<Column> {
+        let mut columns = output.to_vec();
+        if *self == Guard::Kafka {
+            columns.push(Column {
+                name: RANK_COLUMNS[0].into(),
+                pg: super::PgType::Int4,
+            });
+            columns.push(Column {
+                name: RANK_COLUMNS[1].into(),
+                pg: super::PgType::Int8,
+            });
+        }
+        columns
+    }
+}
+
 /// Where everything goes, with identifiers already checked and quoted.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub table: String,
     pub key: String,
+    /// The table's columns: the output's, and the guard's ([`Guard::columns`]).
     pub columns: Vec<Column>,
+    pub guard: Guard,
     pub dead_letter_table: String,
     pub group: String,
     pub topic: String,
@@ -497,8 +533,9 @@ pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, S
     Ok((client, display))
 }
 
-/// The merge statement of a batch: rows `$1..$2` of the stage into the table, last
-/// row per key winning. Public for the benchmark, which measures it on its own.
+/// The merge statement of a batch: rows `$1..$2` of the stage into the table, the
+/// last row per key of the batch winning, and a stored row replaced only when the
+/// [`Guard`] allows. Public for the benchmark, which measures it on its own.
 pub fn upsert_sql(t: &Target) -> String {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let list = cols.join(", ");
@@ -507,18 +544,32 @@ pub fn upsert_sql(t: &Target) -> String {
         .filter(|c| **c != t.key)
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
+    let table = &t.table;
+    let (order, allowed) = match &t.guard {
+        Guard::Kafka => {
+            let (p, o) = (quote_ident(RANK_COLUMNS[0]), quote_ident(RANK_COLUMNS[1]));
+            let allowed = format!(
+                "{table}.{p} IS DISTINCT FROM EXCLUDED.{p} OR {table}.{o} IS NULL \
+                 OR EXCLUDED.{o} IS NULL OR {table}.{o} <= EXCLUDED.{o}"
+            );
+            (String::new(), allowed)
+        }
+        Guard::Column(c) => (
+            format!("{c} DESC NULLS LAST, "),
+            format!("{table}.{c} IS NULL OR EXCLUDED.{c} >= {table}.{c}"),
+        ),
+    };
     let action = if updates.is_empty() {
         "NOTHING".to_string()
     } else {
-        format!("UPDATE SET {}", updates.join(", "))
+        format!("UPDATE SET {} WHERE {allowed}", updates.join(", "))
     };
     format!(
         "INSERT INTO {table} ({list})
          SELECT DISTINCT ON ({key}) {list} FROM pg_temp.pipeline_stage
          WHERE __ord >= $1 AND __ord < $2
-         ORDER BY {key}, __ord DESC
+         ORDER BY {key}, {order}__ord DESC
          ON CONFLICT ({key}) DO {action}",
-        table = t.table,
         key = t.key
     )
 }
