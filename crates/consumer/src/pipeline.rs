@@ -43,8 +43,8 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 const AVAILABLE_NOW_RECHECK: Duration = Duration::from_millis(100);
 
 /// How long `--available-now` waits for a partition when the group assigned it none
-/// (other members hold them all) before it gives up.
-const NO_ASSIGNMENT_WAIT: Duration = Duration::from_secs(30);
+/// (other members hold them all) before it gives up, in `--connect-timeout`s.
+const NO_ASSIGNMENT_WAIT: u32 = 3;
 
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -369,19 +369,20 @@ impl LoopState<'_> {
             return Ok(false);
         }
         if self.partitions.owned().is_empty() {
+            let wait = self.config.connect_timeout * NO_ASSIGNMENT_WAIT;
             let since = *self.unassigned_since.get_or_insert_with(|| {
                 warn!(
                     message = "--available-now: the group assigned this consumer no partition; other members hold them. Waiting.",
                     group = %self.config.group,
-                    wait = ?NO_ASSIGNMENT_WAIT
+                    wait = ?wait
                 );
                 Instant::now()
             });
-            if since.elapsed() >= NO_ASSIGNMENT_WAIT {
+            if since.elapsed() >= wait {
                 return Err(Error::State(format!(
                     "--available-now: group {:?} assigned this consumer no partition of {:?} \
-                     within {NO_ASSIGNMENT_WAIT:?}: other members hold them all; stop them, or \
-                     use another --group",
+                     within {wait:?}: other members hold them all; stop them, or use another \
+                     --group",
                     self.config.group, self.config.topic
                 )));
             }

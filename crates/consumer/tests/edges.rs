@@ -476,3 +476,35 @@ async fn order_by_keeps_the_row_with_the_highest_value_across_partitions() {
         text(&bad.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn available_now_assigned_no_partition_says_so_and_fails() {
+    let s = Scenario::new(1).await;
+    let events: Vec<UserEvent> = Generator::new(91).take(10).collect();
+    s.publish(&events).await;
+    // A streaming member holds the only partition (the range assignor gives it to
+    // the member whose id sorts first; member ids start with the client id).
+    let mut holder = s.spawn(&["-X", "client.id=aaa-holder"], "holder");
+    testkit::eventually(
+        "the holder is assigned",
+        Duration::from_secs(30),
+        || async {
+            s.log("holder")
+                .contains("Partitions assigned.")
+                .then_some(())
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let out = s.run_available_now(&["--connect-timeout", "2s", "-X", "client.id=zzz-late"]);
+    let stderr = text(&out.stderr);
+    support::signal(&holder, "TERM");
+    let _ = holder.wait();
+    assert!(
+        !out.status.success(),
+        "exit 0 having read nothing: {stderr}"
+    );
+    assert!(stderr.contains("no partition"), "{stderr}");
+    assert!(stderr.contains("Waiting."), "a warning first: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+}

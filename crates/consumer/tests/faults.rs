@@ -221,6 +221,71 @@ async fn a_rebalance_during_a_blocked_write_loses_nothing() {
     assert_every_record_once(&s, &events).await;
 }
 
+/// A member leaves while the other's partitions are paused (a write held longer
+/// than the hold before pausing): librdkafka keeps the application's pause flag on a
+/// partition assigned again, so without an explicit resume after the rebalance the
+/// remaining consumer would never read its old partition again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_leaving_while_partitions_are_paused_leaves_none_paused() {
+    let s = Scenario::new(2).await;
+    let events: Vec<_> = Generator::new(62).take(4_000).collect();
+    let args = ["--max-batch-records", "300", "--trigger-interval", "200ms"];
+    let a = s.spawn(&args, "a");
+    let mut b = s.spawn(&args, "b");
+    testkit::eventually("both joined", Duration::from_secs(60), || async {
+        (s.log("a").contains("Partitions assigned.")
+            && s.log("b").contains("Partitions assigned.")
+            && s.try_count("SELECT count(*) FROM pipeline_offsets")
+                .await
+                .is_some())
+        .then_some(())
+    })
+    .await;
+    let mut blocker = testkit::connect(&s.db_url).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE pipeline_offsets IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    s.publish(&events).await;
+    testkit::eventually("both writes blocked", Duration::from_secs(30), || async {
+        s.count(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'pipeline_offsets'::regclass",
+        )
+        .await
+        .ge(&2)
+        .then_some(())
+    })
+    .await;
+    // Past the hold: the next batches are full and both consumers have paused.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(&b, "TERM");
+    assert!(b.wait().unwrap().success(), "{}", s.log("b"));
+    testkit::eventually(
+        "A took both partitions",
+        Duration::from_secs(60),
+        || async { (s.log("a").matches("Partitions assigned.").count() >= 2).then_some(()) },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    let total = events.len() as i64;
+    testkit::eventually(
+        "every record committed by A",
+        Duration::from_secs(90),
+        || async {
+            let stored: i64 = s.stored_offsets().await.values().sum();
+            (stored == total).then_some(())
+        },
+    )
+    .await;
+    let mut a = a;
+    signal(&a, "TERM");
+    assert!(a.wait().unwrap().success(), "{}", s.log("a"));
+    // B left its blocked batch's file staged; the next start settles it.
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_every_record_once(&s, &events).await;
+}
+
 /// SIGTERM to both consumers; each must exit 0.
 fn stop_both(s: &Scenario, mut a: std::process::Child, mut b: std::process::Child) {
     signal(&a, "TERM");
