@@ -179,8 +179,8 @@ pub async fn encode_batches(
                 Some(&e.payload),
             );
         }
-        let (input, _, ranks) = builder.finish_ranked();
-        let provenance = Provenance::new(input.clone(), "id", ranks);
+        let (input, _) = builder.finish();
+        let provenance = Provenance::new(input.clone(), "id");
         let output = transform.run(input).await?;
         // As the pipeline encodes it: each row with its record's rank (the guard).
         let encoded = copy::encode(

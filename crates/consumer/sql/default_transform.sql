@@ -1,13 +1,14 @@
 -- The default transform: what the original Spark job did, fixed.
 --
 -- `events` holds one micro-batch: the twelve event fields plus the Kafka columns
--- "topic", "partition", "offset", "timestamp" and "key".
--- Rows without an id are dropped; one row per id survives, the latest by Kafka
--- position; dob and registered_date become UTC timestamps (timestamptz in
+-- "topic", "partition", "offset", "timestamp" and "key", and the record's rank
+-- "origin_partition", "origin_offset" (its position, or for a replayed dead letter
+-- the original record's).
+-- Rows without an id are dropped; one row per id survives, the latest by rank; dob and registered_date become UTC timestamps (timestamptz in
 -- PostgreSQL); a value that does not parse becomes NULL instead of failing the batch.
 WITH ranked AS (
     SELECT *,
-           row_number() OVER (PARTITION BY id ORDER BY "partition" DESC, "offset" DESC) AS rn
+           row_number() OVER (PARTITION BY id ORDER BY origin_partition DESC, origin_offset DESC) AS rn
     FROM events
     WHERE id IS NOT NULL
 )

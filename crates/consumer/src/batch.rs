@@ -73,9 +73,9 @@ pub async fn prepare(
 ) -> Result<Prepared, Error> {
     let started = Instant::now();
     let records = batch.builder.records();
-    let (input, mut dead, ranks) = batch.builder.finish_ranked();
+    let (input, mut dead) = batch.builder.finish();
     let input_rows = input.num_rows();
-    let provenance = Provenance::new(input.clone(), &config.key_column, ranks);
+    let provenance = Provenance::new(input.clone(), &config.key_column);
     let (output, failed) = transform.run_isolating(input).await;
     dead.extend(
         failed

@@ -17,7 +17,7 @@
 //! what a dead process left staged: files of batches in the log are promoted, the
 //! others deleted (their records are read again, from the stored offsets).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use datafusion::arrow::array::BooleanArray;
@@ -195,10 +195,25 @@ impl Committer {
         stop: &CancellationToken,
     ) -> Result<Outcome, Error> {
         let (pg, csv) = (&mut self.pg, &self.csv);
+        let mut attempts = 0;
         let written = Retry::new("writing the batch", stop, self.max_backoff)
             .grace_on_stop(GRACE_ON_STOP)
             .counting(self.retries.clone())
-            .run(async || transaction(pg, csv, batch).await)
+            .run(async || {
+                attempts += 1;
+                // A failed attempt may have committed with its answer lost: never
+                // run (and re-stage) a batch the log already holds.
+                if attempts > 1
+                    && ledger::recorded(&*pg.client().await?, batch.id)
+                        .await?
+                        .is_some()
+                {
+                    return Ok(Transaction::Conflict {
+                        staged: csv.staged(batch.id),
+                    });
+                }
+                transaction(pg, csv, batch).await
+            })
             .await;
         let written = match written {
             Ok(Some(t)) => t,
@@ -259,6 +274,7 @@ impl Committer {
     ) -> Result<Option<Option<(u64, u64)>>, PgError> {
         let pg = &mut self.pg;
         Retry::new("checking whether the batch committed", stop, FILE_RETRY_MAX)
+            .grace_on_stop(GRACE_ON_STOP)
             .run(async || {
                 let client = pg.client().await?;
                 Ok::<_, PgError>(ledger::recorded(&*client, id).await?)
@@ -278,6 +294,7 @@ impl Committer {
     ) -> Result<Option<bool>, PgError> {
         let pg = &mut self.pg;
         Retry::new("recording an offset gap", stop, self.max_backoff)
+            .grace_on_stop(GRACE_ON_STOP)
             .run(async || {
                 let client = pg.client().await?;
                 let tx = client.transaction().await?;
@@ -303,6 +320,7 @@ impl Committer {
     ) -> Result<Option<HashMap<i32, i64>>, PgError> {
         let pg = &mut self.pg;
         Retry::new("reading stored offsets", stop, self.max_backoff)
+            .grace_on_stop(GRACE_ON_STOP)
             .run(async || {
                 let (group, topic) = (pg.target().group.clone(), pg.target().topic.clone());
                 let client = pg.client().await?;
@@ -333,14 +351,22 @@ async fn transaction(
         .map(|r| (r.at, r.reason.clone()))
         .collect();
     let mut rows_written = 0u64;
+    let mut not_written: HashSet<RowAt> = refused.iter().map(|(at, _)| *at).collect();
     if encoded.rows > 0 {
         let copy_refused = postgres::copy_rows(&mut tx, target, encoded).await?;
         let (written, merge_refused) = postgres::merge(&mut tx, upsert, encoded.rows).await?;
         rows_written = written;
+        let staged_rows = encoded.rows as usize - copy_refused.len() - merge_refused.len();
+        if (written as usize) < staged_rows {
+            // Some rows were kept out by the guard or superseded: find which.
+            let skipped = postgres::not_written(&tx, target).await?;
+            not_written.extend(skipped.iter().map(|ord| encoded.rows_at[*ord as usize]));
+        }
         let at = |(ord, reason): (i64, String)| (encoded.rows_at[ord as usize], reason);
         refused.extend(copy_refused.into_iter().chain(merge_refused).map(at));
+        not_written.extend(refused.iter().map(|(at, _)| *at));
     }
-    let staged = stage_written(csv, batch, &refused)?;
+    let staged = stage_written(csv, batch, &not_written)?;
     let rejected_rows = refused.len() as u64;
     let mut dead: Vec<DeadLetter> = batch.dead_letters.to_vec();
     dead.extend(
@@ -380,40 +406,34 @@ async fn transaction(
     Ok(Transaction::Committed { figures, staged })
 }
 
-/// Stages the part file of the rows written: the output without the refused rows.
+/// Stages the part file of the rows written: the output without the rows that
+/// were refused, kept out by the guard or superseded.
 fn stage_written(
     csv: &CsvSink,
     batch: &Batch<'_>,
-    refused: &[(RowAt, String)],
+    not_written: &HashSet<RowAt>,
 ) -> Result<Option<Staged>, Error> {
     let kept;
-    let rows = if refused.is_empty() {
+    let rows = if not_written.is_empty() {
         batch.output
     } else {
-        kept = without(batch.output, refused)?;
+        kept = without(batch.output, not_written)?;
         &kept[..]
     };
-    // A failed write leaves nothing half-written behind for the retry.
-    Ok(csv
-        .stage(batch.id, rows)
-        .inspect_err(|_| csv.discard_all())?)
+    Ok(csv.stage(batch.id, rows)?)
 }
 
 /// The output without the rows at the given places.
 fn without(
     output: &[RecordBatch],
-    refused: &[(RowAt, String)],
+    drop: &HashSet<RowAt>,
 ) -> Result<Vec<RecordBatch>, datafusion::arrow::error::ArrowError> {
     let mut out = Vec::with_capacity(output.len());
     for (b, batch) in output.iter().enumerate() {
-        let mut keep = vec![true; batch.num_rows()];
-        for ((rb, row), _) in refused {
-            if *rb == b {
-                keep[*row] = false;
-            }
-        }
-        let mask = BooleanArray::from(keep);
-        out.push(filter_record_batch(batch, &mask)?);
+        let keep: Vec<bool> = (0..batch.num_rows())
+            .map(|row| !drop.contains(&(b, row)))
+            .collect();
+        out.push(filter_record_batch(batch, &BooleanArray::from(keep))?);
     }
     Ok(out)
 }

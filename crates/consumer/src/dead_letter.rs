@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Builder, Int64Builder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, Int32Builder, Int64Array, Int64Builder,
+};
 use datafusion::arrow::datatypes::{
     DataType, Field, Int32Type, Int64Type, Schema, TimestampMillisecondType,
 };
@@ -161,8 +163,9 @@ impl DeadLetter {
 /// Which input record an output row came from, so that a row PostgreSQL refuses
 /// becomes a dead letter with the record's coordinates and event, like any other
 /// (and so can be replayed to its own partition, and is stored once however often
-/// the record is read again). Rows are matched by key: the last input record of
-/// the batch with the output row's key, which is the one the default query keeps.
+/// the record is read again). Rows are matched by key: the input record of the
+/// batch with the output row's key and the highest rank (`origin_partition`,
+/// `origin_offset`), which is the one the default query keeps.
 /// A transform whose key is not an input column (an aggregate, say) has no such
 /// record: its refused rows are stored as the output row's JSON, without
 /// coordinates.
@@ -170,9 +173,8 @@ pub struct Provenance {
     input: RecordBatch,
     /// The key column's name, when the input has a column of that name.
     key: Option<String>,
-    /// Per input row: the (partition, offset) that ranks it.
-    ranks: Vec<(i32, i64)>,
-    /// Key text -> the last input row with that key, built on first use.
+    /// Key text -> the input row with that key and the highest rank (the one the
+    /// default query keeps), built on first use.
     by_key: OnceLock<HashMap<String, usize>>,
 }
 
@@ -180,9 +182,8 @@ pub struct Provenance {
 pub const RANK_COLUMNS: [&str; 2] = ["_kafka_partition", "_kafka_offset"];
 
 impl Provenance {
-    /// `input` is the batch the transform read, `ranks` its rows' ranks; `key` the
-    /// output's key column.
-    pub fn new(input: RecordBatch, key: &str, ranks: Vec<(i32, i64)>) -> Self {
+    /// `input` is the batch the transform read; `key` the output's key column.
+    pub fn new(input: RecordBatch, key: &str) -> Self {
         let key = input
             .schema()
             .column_with_name(key)
@@ -190,19 +191,32 @@ impl Provenance {
         Self {
             input,
             key,
-            ranks,
             by_key: OnceLock::new(),
         }
     }
 
-    /// The input row an output row came from.
+    /// The input rows' ranks: `origin_partition`, `origin_offset`.
+    fn ranks(&self) -> Option<(&Int32Array, &Int64Array)> {
+        let p = self.input.column_by_name("origin_partition")?;
+        let o = self.input.column_by_name("origin_offset")?;
+        Some((p.as_primitive_opt()?, o.as_primitive_opt()?))
+    }
+
+    /// The input row an output row came from: the one with the output row's key
+    /// and the highest rank (the one the default query keeps).
     fn input_row(&self, keys: &[Option<String>], row: usize) -> Option<usize> {
         let by_key = self.by_key.get_or_init(|| {
+            let ranks = self.ranks();
+            let rank = |i: usize| ranks.map(|(p, o)| (p.value(i), o.value(i)));
+            let mut map: HashMap<String, usize> = HashMap::new();
             let keys = key_texts(&self.input, self.key.as_deref());
-            keys.into_iter()
-                .enumerate()
-                .filter_map(|(i, k)| Some((k?, i)))
-                .collect()
+            for (i, k) in keys.into_iter().enumerate() {
+                let Some(k) = k else { continue };
+                if map.get(&k).is_none_or(|j| rank(i) >= rank(*j)) {
+                    map.insert(k, i);
+                }
+            }
+            map
         });
         keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
     }
@@ -210,13 +224,15 @@ impl Provenance {
     /// The output with the rank of each row's record appended as
     /// [`RANK_COLUMNS`] (null where the record is not known).
     pub fn ranked(&self, output: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+        let ranks = self.ranks();
         output
             .iter()
             .map(|batch| {
                 let keys = key_texts(batch, self.key.as_deref());
                 let (mut partitions, mut offsets) = (Int32Builder::new(), Int64Builder::new());
                 for row in 0..batch.num_rows() {
-                    let rank = self.input_row(&keys, row).and_then(|i| self.ranks.get(i));
+                    let input = self.input_row(&keys, row);
+                    let rank = input.zip(ranks).map(|(i, (p, o))| (p.value(i), o.value(i)));
                     partitions.append_option(rank.map(|r| r.0));
                     offsets.append_option(rank.map(|r| r.1));
                 }
@@ -294,14 +310,15 @@ pub fn ddl(table: &str) -> String {
             stage          text        NOT NULL,
             batch_id       uuid,
             created_at     timestamptz NOT NULL DEFAULT now(),
-            replayed_at    timestamptz,
-            consumer_group text
+            replayed_at    timestamptz
         )"#
     )
 }
 
-/// What a dead-letter table made by an earlier version lacks: the group column,
-/// and the index that finds a record's dead letter by its coordinates.
+/// What a dead-letter table lacks until its first start with this version (a new
+/// table too): the group column, and the index that finds a record's dead letter
+/// by its coordinates. Run only when the column is missing (see [`upgraded`]):
+/// `ALTER TABLE` locks the table even when there is nothing to add.
 pub fn upgrade(table: &str) -> String {
     let base = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
     let index = crate::sink::quote_ident(&format!("{base}_record"));
@@ -309,6 +326,18 @@ pub fn upgrade(table: &str) -> String {
         r#"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS consumer_group text;
            CREATE INDEX IF NOT EXISTS {index} ON {table} (topic, "partition", "offset")"#
     )
+}
+
+/// Whether the dead-letter table has what [`upgrade`] adds.
+pub async fn upgraded(tx: &Transaction<'_>, table: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
+                            AND attname = 'consumer_group' AND NOT attisdropped)",
+            &[&table],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// How reasons are written.

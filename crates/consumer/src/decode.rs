@@ -21,8 +21,18 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use crate::dead_letter::DeadLetter;
 
 /// The Kafka columns appended to the event fields, named as Spark's Kafka source
-/// names them.
-pub const KAFKA_COLUMNS: [&str; 5] = ["topic", "partition", "offset", "timestamp", "key"];
+/// names them, then the record's rank: `origin_partition` and `origin_offset`, the
+/// position that orders it among the records of its key (its own, or for a
+/// replayed dead letter the original record's).
+pub const KAFKA_COLUMNS: [&str; 7] = [
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "key",
+    "origin_partition",
+    "origin_offset",
+];
 
 /// The schema of the `events` table the transform SQL reads.
 pub fn input_schema() -> SchemaRef {
@@ -41,6 +51,8 @@ pub fn input_schema() -> SchemaRef {
             true,
         ),
         Field::new("key", DataType::Binary, true),
+        Field::new("origin_partition", DataType::Int32, false),
+        Field::new("origin_offset", DataType::Int64, false),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -90,8 +102,8 @@ pub struct BatchBuilder {
     timestamp: TimestampMillisecondBuilder,
     key: BinaryBuilder,
     dead: Vec<DeadLetter>,
-    /// Per row: (partition, offset) that ranks it (see [`Origin::rank`]).
-    ranks: Vec<(i32, i64)>,
+    origin_partition: Int32Builder,
+    origin_offset: Int64Builder,
     records: u64,
     bytes: u64,
 }
@@ -112,7 +124,8 @@ impl BatchBuilder {
             timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
             key: BinaryBuilder::new(),
             dead: Vec::new(),
-            ranks: Vec::new(),
+            origin_partition: Int32Builder::new(),
+            origin_offset: Int64Builder::new(),
             records: 0,
             bytes: 0,
         }
@@ -142,8 +155,10 @@ impl BatchBuilder {
                 self.offset.append_value(origin.offset);
                 self.timestamp.append_option(origin.timestamp);
                 self.key.append_option(origin.key);
-                self.ranks
-                    .push(origin.rank.unwrap_or((origin.partition, origin.offset)));
+                let (rank_partition, rank_offset) =
+                    origin.rank.unwrap_or((origin.partition, origin.offset));
+                self.origin_partition.append_value(rank_partition);
+                self.origin_offset.append_value(rank_offset);
             }
             Err(reject) => self
                 .dead
@@ -152,13 +167,7 @@ impl BatchBuilder {
     }
 
     /// The rows as a record batch of [`input_schema`], and the dead letters.
-    pub fn finish(self) -> (RecordBatch, Vec<DeadLetter>) {
-        let (batch, dead, _) = self.finish_ranked();
-        (batch, dead)
-    }
-
-    /// Like [`BatchBuilder::finish`], with each row's rank (see [`Origin::rank`]).
-    pub fn finish_ranked(mut self) -> (RecordBatch, Vec<DeadLetter>, Vec<(i32, i64)>) {
+    pub fn finish(mut self) -> (RecordBatch, Vec<DeadLetter>) {
         let mut columns: Vec<ArrayRef> = self
             .fields
             .iter_mut()
@@ -169,11 +178,13 @@ impl BatchBuilder {
         columns.push(Arc::new(self.offset.finish()));
         columns.push(Arc::new(self.timestamp.finish()));
         columns.push(Arc::new(self.key.finish()));
+        columns.push(Arc::new(self.origin_partition.finish()));
+        columns.push(Arc::new(self.origin_offset.finish()));
         // The columns are built from the same schema in the same order, so this
         // cannot fail; an empty batch keeps the pipeline going if it ever did.
         let batch = RecordBatch::try_new(input_schema(), columns)
             .unwrap_or_else(|_| RecordBatch::new_empty(input_schema()));
-        (batch, self.dead, self.ranks)
+        (batch, self.dead)
     }
 }
 

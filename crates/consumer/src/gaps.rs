@@ -202,6 +202,9 @@ fn decide(
 fn reassign(l: Loop<'_>, drop_batch: bool) -> Result<(), Error> {
     let mut tpl = TopicPartitionList::new();
     let mut positions = Vec::new();
+    // Where librdkafka would hand out the next record, for partitions of which
+    // nothing was taken or stored (read from `--starting-offsets` until now).
+    let handed_out = l.consumer.position().ok();
     for p in l.partitions.owned() {
         let stored = l.partitions.stored(p);
         let at = if drop_batch {
@@ -209,7 +212,16 @@ fn reassign(l: Loop<'_>, drop_batch: bool) -> Result<(), Error> {
         } else {
             l.partitions.position(p)
         };
-        let offset = at.map_or(l.config.starting_offsets.offset(), Offset::Offset);
+        let next = handed_out
+            .as_ref()
+            .and_then(|f| f.find_partition(&l.config.topic, p))
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)));
+        // When the batch is dropped, what it took must be read again: no shortcut.
+        let offset = at
+            .map(Offset::Offset)
+            .or(next.filter(|_| !drop_batch))
+            .unwrap_or(l.config.starting_offsets.offset());
         tpl.add_partition_offset(&l.config.topic, p, offset)
             .map_err(Error::kafka("assigning partitions again"))?;
         positions.push((p, stored, at));

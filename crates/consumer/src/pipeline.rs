@@ -147,14 +147,20 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     let result = state.run(&mut committer, &stop).await;
     consumer.unsubscribe();
     let summary = state.summary;
-    info!(
-        message = "Consumer stopped.",
-        batches = summary.batches,
-        records = summary.records,
-        rows_written = summary.rows_written,
-        dead_letters = summary.dead_letters
-    );
+    summary.log();
     result.map(|()| summary)
+}
+
+impl RunSummary {
+    fn log(&self) {
+        info!(
+            message = "Consumer stopped.",
+            batches = self.batches,
+            records = self.records,
+            rows_written = self.rows_written,
+            dead_letters = self.dead_letters
+        );
+    }
 }
 
 /// The original position a replayed dead letter carries in its headers.

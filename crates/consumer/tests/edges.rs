@@ -440,6 +440,19 @@ async fn an_older_record_never_overwrites_a_newer_one_even_replayed_or_reread() 
         (Some(0), Some(4)),
         "the new record's position is stored"
     );
+    // The part files hold the rows written: the old event never, though it was read
+    // three times (refused, replayed, re-read).
+    let names: Vec<String> = s
+        .part_files()
+        .into_iter()
+        .flat_map(|(_, _, rows)| rows)
+        .filter(|row| row[0] == "guard-1")
+        .map(|row| row[1].clone())
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n == "New"),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

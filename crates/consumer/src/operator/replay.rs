@@ -240,28 +240,7 @@ async fn publish(
             })?;
             beat = Instant::now();
         }
-        let id_text = d.id.to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: REPLAY_HEADER,
-                value: Some(replay.as_bytes()),
-            })
-            .insert(Header {
-                key: DEAD_LETTER_HEADER,
-                value: Some(id_text.as_bytes()),
-            });
-        if let Some((partition, offset)) = d.origin {
-            let (partition, offset) = (partition.to_string(), offset.to_string());
-            headers = headers
-                .insert(Header {
-                    key: dead_letter::ORIGIN_PARTITION_HEADER,
-                    value: Some(partition.as_bytes()),
-                })
-                .insert(Header {
-                    key: dead_letter::ORIGIN_OFFSET_HEADER,
-                    value: Some(offset.as_bytes()),
-                });
-        }
+        let headers = replay_headers(&replay, d);
         let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).headers(headers);
         if let Some(k) = &d.key {
             record = record.key(k);
@@ -281,6 +260,34 @@ async fn publish(
         ))),
         None => Ok(replay_id),
     }
+}
+
+/// The headers of a replayed dead letter: the replay, the dead letter, and the
+/// original record's position (so it keeps its rank against newer records).
+fn replay_headers(replay: &str, d: &Selected) -> OwnedHeaders {
+    let id_text = d.id.to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: REPLAY_HEADER,
+            value: Some(replay.as_bytes()),
+        })
+        .insert(Header {
+            key: DEAD_LETTER_HEADER,
+            value: Some(id_text.as_bytes()),
+        });
+    if let Some((partition, offset)) = d.origin {
+        let (partition, offset) = (partition.to_string(), offset.to_string());
+        headers = headers
+            .insert(Header {
+                key: dead_letter::ORIGIN_PARTITION_HEADER,
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: dead_letter::ORIGIN_OFFSET_HEADER,
+                value: Some(offset.as_bytes()),
+            });
+    }
+    headers
 }
 
 /// Marks the published dead letters replayed and the replay completed, in one

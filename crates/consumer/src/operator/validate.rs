@@ -96,6 +96,10 @@ async fn plan(client: &tokio_postgres::Client, target: &Target) -> Result<Vec<St
             "CREATE TABLE pipeline_batches ... (batch log)".to_string(),
         ),
         (
+            "pipeline_gaps",
+            "CREATE TABLE pipeline_gaps ... (positions found outside the log)".to_string(),
+        ),
+        (
             dead_letter_table.as_str(),
             crate::dead_letter::ddl(dead_letter_table)
                 .replace("IF NOT EXISTS ", "")

@@ -58,7 +58,6 @@ fn batch_of(name: &str) -> Option<Uuid> {
 pub struct Staged {
     pub batch: Uuid,
     pub path: PathBuf,
-    pub rows: usize,
 }
 
 /// Staged files left by processes that are gone, to be resolved against PostgreSQL.
@@ -132,24 +131,24 @@ impl CsvSink {
         if count == 0 {
             return Ok(None);
         }
+        // Written under a temporary name and renamed: a staged file is either whole
+        // or absent, even when a retried batch writes it again and dies meanwhile.
         let path = self.staging.join(part_name(batch));
-        let file = File::create(&path).map_err(|e| err(&path, e))?;
-        let mut writer = arrow_csv::WriterBuilder::new()
-            .with_header(true)
-            .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.3f%:z".to_string())
-            .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3f".to_string())
-            .build(BufWriter::with_capacity(1 << 20, file));
-        for b in rows {
-            writer.write(b).map_err(|e| err(&path, e))?;
+        let tmp = self.staging.join(format!(".tmp-{}", part_name(batch)));
+        let written =
+            write_csv(&tmp, rows).and_then(|()| fs::rename(&tmp, &path).map_err(|e| err(&path, e)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        let mut out = writer.into_inner();
-        out.flush().map_err(|e| err(&path, e))?;
-        out.get_ref().sync_all().map_err(|e| err(&path, e))?;
-        Ok(Some(Staged {
-            batch,
-            path,
-            rows: count,
-        }))
+        written?;
+        Ok(Some(Staged { batch, path }))
+    }
+
+    /// The staged file of `batch`, if this instance staged one (for a batch whose
+    /// commit's answer was lost).
+    pub fn staged(&self, batch: Uuid) -> Option<Staged> {
+        let path = self.staging.join(part_name(batch));
+        path.is_file().then_some(Staged { batch, path })
     }
 
     /// Moves a committed batch's file into the output directory.
@@ -237,6 +236,22 @@ impl CsvSink {
     }
 }
 
+/// Writes `rows` as one CSV file with a header and syncs it to disk.
+fn write_csv(path: &Path, rows: &[RecordBatch]) -> Result<(), CsvError> {
+    let file = File::create(path).map_err(|e| err(path, e))?;
+    let mut writer = arrow_csv::WriterBuilder::new()
+        .with_header(true)
+        .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.3f%:z".to_string())
+        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3f".to_string())
+        .build(BufWriter::with_capacity(1 << 20, file));
+    for b in rows {
+        writer.write(b).map_err(|e| err(path, e))?;
+    }
+    let mut out = writer.into_inner();
+    out.flush().map_err(|e| err(path, e))?;
+    out.get_ref().sync_all().map_err(|e| err(path, e))
+}
+
 fn promote(dir: &Path, staged: &Path) -> Result<PathBuf, CsvError> {
     let name = staged
         .file_name()
@@ -296,7 +311,10 @@ mod tests {
         let sink = CsvSink::open(dir.path(), Uuid::new_v4()).unwrap();
         let batch = Uuid::new_v4();
         let staged = sink.stage(batch, &rows()).unwrap().unwrap();
-        assert_eq!(staged.rows, 2);
+        assert_eq!(
+            sink.staged(batch).map(|s| s.path),
+            Some(staged.path.clone())
+        );
         assert!(visible(dir.path()).is_empty());
         let path = sink.promote(&staged).unwrap();
         assert_eq!(visible(dir.path()), vec![part_name(batch)]);

@@ -343,8 +343,10 @@ impl PgSink {
         tx.batch_execute(ledger::DDL).await?;
         tx.batch_execute(&crate::dead_letter::ddl(&target.dead_letter_table))
             .await?;
-        tx.batch_execute(&crate::dead_letter::upgrade(&target.dead_letter_table))
-            .await?;
+        if !crate::dead_letter::upgraded(&tx, &target.dead_letter_table).await? {
+            tx.batch_execute(&crate::dead_letter::upgrade(&target.dead_letter_table))
+                .await?;
+        }
         for ddl in plan_table(&tx, &target).await? {
             tx.batch_execute(&ddl).await?;
             info!(message = "Changed the table.", table = %target.table, ddl = %ddl);
@@ -404,6 +406,35 @@ pub async fn merge(
     })
     .await?;
     Ok((written, refused))
+}
+
+/// The staged rows that are not in the table as staged: kept out by the guard (an
+/// older record), or superseded by a later row of the same key in the batch.
+/// Their `__ord`s, so that the part file holds exactly the rows written.
+pub async fn not_written(
+    tx: &Transaction<'_>,
+    target: &Target,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let cols: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let row = |alias: &str| {
+        let qualified: Vec<String> = cols.iter().map(|c| format!("{alias}.{c}")).collect();
+        format!("ROW({})", qualified.join(", "))
+    };
+    let sql = format!(
+        "SELECT s.__ord FROM pg_temp.pipeline_stage s
+         LEFT JOIN {table} t ON t.{key} = s.{key}
+         WHERE t.{key} IS NULL OR {t_row} IS DISTINCT FROM {s_row}",
+        table = target.table,
+        key = target.key,
+        t_row = row("t"),
+        s_row = row("s"),
+    );
+    let rows = tx.query(&sql, &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Runs `step` over rows `0..rows` under a savepoint; where it fails with
