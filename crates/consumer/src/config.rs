@@ -250,6 +250,22 @@ pub struct Checked {
     pub guard: crate::sink::postgres::Guard,
 }
 
+impl Checked {
+    /// Where everything goes: the table (with the guard's columns), the dead-letter
+    /// table, and this configuration's group and topic.
+    pub fn target(&self, config: &Config) -> crate::sink::postgres::Target {
+        crate::sink::postgres::Target {
+            table: self.table.clone(),
+            key: self.key.clone(),
+            columns: self.guard.columns(&self.columns),
+            guard: self.guard.clone(),
+            dead_letter_table: self.dead_letter_table.clone(),
+            group: config.group.clone(),
+            topic: config.topic.clone(),
+        }
+    }
+}
+
 impl Config {
     /// Checks names and plans the SQL; shared by the pipeline and `consumer validate`.
     pub async fn check(&self) -> Result<Checked, crate::Error> {

@@ -24,7 +24,7 @@ use crate::Error;
 use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
 use crate::batch::{self, Collecting, Prepared};
 use crate::commit::{self, Committed, Committer, Outcome};
-use crate::config::{Checked, Config};
+use crate::config::Config;
 use crate::dead_letter::{self, Stage};
 use crate::decode::Origin;
 use crate::gaps;
@@ -77,14 +77,7 @@ pub async fn run(
 async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary, Error> {
     let started = Instant::now();
     // Everything that can be checked without a service comes first.
-    let Checked {
-        table,
-        dead_letter_table,
-        key,
-        transform,
-        columns,
-        guard,
-    } = config.check().await?;
+    let checked = config.check().await?;
     let instance = Uuid::new_v4();
     let csv = CsvSink::open(&config.output_dir, instance)?;
     let readiness = Readiness::new(&config)?;
@@ -97,15 +90,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
 
     check_topic(&config).await?;
 
-    let target = Target {
-        table,
-        key,
-        columns: guard.columns(&columns),
-        guard,
-        dead_letter_table,
-        group: config.group.clone(),
-        topic: config.topic.clone(),
-    };
+    let target = checked.target(&config);
     let pg = PgSink::connect(
         &config.database_url,
         config.connect_timeout,
@@ -136,7 +121,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         config: &config,
         consumer: &consumer,
         partitions: Partitions::default(),
-        transform: &transform,
+        transform: &checked.transform,
         target: committer.target().clone(),
         metrics,
         readiness: &readiness,

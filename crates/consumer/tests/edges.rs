@@ -20,6 +20,15 @@ fn huge_text() -> String {
         .collect()
 }
 
+/// Refused rows keep their record's coordinates, so they can be replayed and are
+/// stored once.
+async fn assert_every_dead_letter_has_coordinates(s: &Scenario) {
+    let missing = s
+        .count(r#"SELECT count(*) FROM dead_letters WHERE "offset" IS NULL"#)
+        .await;
+    assert_eq!(missing, 0, "dead letters without coordinates");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_rows_of_several_kinds_become_dead_letters_and_the_stream_goes_on() {
     let s = Scenario::new(2).await;
@@ -120,12 +129,7 @@ async fn poison_rows_of_several_kinds_become_dead_letters_and_the_stream_goes_on
         warm.len() + events.len(),
         "offsets cover every record"
     );
-    assert_eq!(
-        s.count("SELECT count(*) FROM dead_letters WHERE \"offset\" IS NULL")
-            .await,
-        0,
-        "refused rows keep their record's coordinates"
-    );
+    assert_every_dead_letter_has_coordinates(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -363,12 +367,7 @@ async fn reading_the_topic_again_stores_each_dead_letter_once() {
         first,
         "the same records refused again are not stored twice"
     );
-    assert_eq!(
-        s.count("SELECT count(*) FROM dead_letters WHERE \"offset\" IS NULL")
-            .await,
-        0,
-        "every dead letter has its coordinates"
-    );
+    assert_every_dead_letter_has_coordinates(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,14 +8,8 @@ use crate::sink::postgres::{self, PgError, Target};
 
 /// `consumer validate`.
 pub(super) async fn run(config: &Config) -> Result<(), Error> {
-    let crate::config::Checked {
-        table,
-        dead_letter_table,
-        key,
-        columns,
-        guard,
-        ..
-    } = config.check().await?;
+    let checked = config.check().await?;
+    let (table, columns) = (&checked.table, &checked.columns);
     println!(
         "ok: transform SQL plans; output columns: {}",
         columns
@@ -43,15 +37,7 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
             Err(e) => return Err(e.into()),
         };
     println!("ok: PostgreSQL {display} reachable");
-    let target = Target {
-        table: table.clone(),
-        key,
-        columns: guard.columns(&columns),
-        guard,
-        dead_letter_table,
-        group: config.group.clone(),
-        topic: config.topic.clone(),
-    };
+    let target = checked.target(config);
     let plan = plan(&client, &target).await?;
     if plan.is_empty() {
         println!("ok: table {table} matches the transform's output; nothing to change");
