@@ -3,12 +3,14 @@
 //! - [`postgres`]: upserts rows, dead letters and offsets in one transaction.
 //! - [`csv`]: stages a part file before that transaction and promotes it after.
 //! - [`copy`]: the binary COPY encoder feeding [`postgres`].
+//! - [`pg_error`]: PostgreSQL's errors and what each means for a batch.
 //!
 //! The output columns' Arrow types are mapped once, here, to the PostgreSQL types
 //! of the table and to the canonical Arrow types the encoder understands.
 
 pub mod copy;
 pub mod csv;
+pub mod pg_error;
 pub mod postgres;
 
 use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
