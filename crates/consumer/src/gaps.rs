@@ -298,3 +298,52 @@ async fn ask_offsets(
     .await
     .map_err(|e| Error::Interrupted(format!("the offset lookup did not finish: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(policy: &str) -> Config {
+        Config::try_parse_from(["consumer", "--offsets-past-end", policy]).unwrap()
+    }
+
+    #[test]
+    fn inside_the_log_nothing_moves() {
+        let c = config("fail");
+        assert!(decide(&c, 0, 10, Some(10), (0, 20)).unwrap().is_none());
+        assert!(decide(&c, 0, 20, Some(20), (0, 20)).unwrap().is_none());
+    }
+
+    #[test]
+    fn before_the_start_reading_goes_on_at_the_start_and_the_loss_is_counted() {
+        let c = config("fail");
+        let m = decide(&c, 0, 5, Some(5), (40, 90)).unwrap().unwrap();
+        assert_eq!(
+            (m.kind, m.resumed, m.store, m.lost),
+            (BEFORE_START, 40, Some(5), 35)
+        );
+        // Records of the partition are in the batch: the next commit moves the offset.
+        let m = decide(&c, 0, 7, Some(5), (40, 90)).unwrap().unwrap();
+        assert_eq!((m.resumed, m.store, m.lost), (40, None, 33));
+    }
+
+    #[test]
+    fn past_the_end_fails_with_the_repair_unless_a_policy_says_where() {
+        let e = decide(&config("fail"), 2, 606, Some(606), (0, 30))
+            .err()
+            .unwrap();
+        let line = e.to_string();
+        assert!(line.contains("partition 2") && line.contains("606") && line.contains("end 30"));
+        assert!(line.contains("reset-offsets"), "{line}");
+        let m = decide(&config("earliest"), 2, 606, Some(606), (4, 30))
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.kind, m.resumed, m.store), (PAST_END, 4, Some(606)));
+        let m = decide(&config("latest"), 2, 606, Some(606), (4, 30))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.resumed, 30);
+    }
+}
