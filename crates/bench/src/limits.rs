@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use consumer::dead_letter::Provenance;
 use consumer::decode::{BatchBuilder, Origin};
+use consumer::sink;
 use consumer::sink::copy::{self, Encoded};
 use consumer::sink::postgres::{Guard, PgSink, Target, upsert_sql};
-use consumer::sink::{self, quote_ident};
 use consumer::transform::{DEFAULT_SQL, Transform};
 use futures::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -220,16 +220,7 @@ pub async fn pg_write(
         Uuid::new_v4(),
     )
     .await?;
-    let copy_sql = format!(
-        "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
-        encoded
-            .target
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let copy_sql = encoded.target.copy_sql();
     let upsert = upsert_sql(&encoded.target);
     let client = pg.client().await?;
     let started = Instant::now();

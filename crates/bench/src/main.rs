@@ -99,245 +99,55 @@ fn step(what: &str) {
     eprintln!("bench: {what}");
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let bin_dir = match &config.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory of the bench binary")?
-            .to_path_buf(),
-    };
-    for bin in ["producer", "consumer"] {
-        if !bin_dir.join(bin).is_file() {
-            bail!(
-                "no {bin} binary in {} (build with `cargo build --release --bins`)",
-                bin_dir.display()
-            );
-        }
+/// What every phase of one run shares.
+struct Run<'a> {
+    config: &'a Config,
+    bin_dir: PathBuf,
+    id: String,
+    kafka: rdkafka::ClientConfig,
+    /// The run's own database.
+    db_url: String,
+    /// The run's scratch directory (output dirs).
+    work: PathBuf,
+}
+
+impl Run<'_> {
+    /// A topic name of this run.
+    fn topic(&self, what: &str) -> String {
+        format!("bench_{}_{what}", self.id)
     }
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let bin_dir = binaries(&config)?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let kafka = common::kafka::client_config(&config.brokers, &[])?;
     common::kafka::check_reachable(&kafka, "__bench_probe", Duration::from_secs(10)).await?;
-    let db = format!("bench_{run_id}");
-    let db_url = with_database(&config.database_url, &db);
-    let topic = |what: &str| format!("bench_{run_id}_{what}");
-    let work = std::env::temp_dir().join(format!("users-pipeline-bench-{run_id}"));
+    let db = format!("bench_{id}");
+    let work = std::env::temp_dir().join(format!("users-pipeline-bench-{id}"));
     std::fs::create_dir_all(&work)?;
-    let n = config.events;
-    let p = config.partitions;
-
-    step(&format!(
-        "generating {n} synthetic events (seed {})",
-        config.seed
-    ));
-    let events = std::sync::Arc::new(limits::events(config.seed, n));
-    let avg_bytes = events.iter().map(|e| e.payload.len()).sum::<usize>() as f64 / n.max(1) as f64;
-
-    // 1a. Raw producer loop.
-    let raw_topic = topic("raw");
-    common::kafka::ensure_topic(&kafka, &raw_topic, p, 1, Duration::from_secs(10)).await?;
-    step("raw producer loop");
-    let raw_produce = {
-        let (kafka, t, events) = (kafka.clone(), raw_topic.clone(), events.clone());
-        tokio::task::spawn_blocking(move || limits::raw_produce(&kafka, &t, &events)).await??
+    let r = Run {
+        config: &config,
+        bin_dir,
+        db_url: with_database(&config.database_url, &db),
+        id,
+        kafka,
+        work,
     };
-
-    // 2. The producer binary, same events.
-    let events_topic = topic("events");
-    step("producer binary");
-    let producer = {
-        let (count, seed, partitions) = (n.to_string(), config.seed.to_string(), p.to_string());
-        let child = child::spawn(
-            &bin_dir,
-            "producer",
-            &config.brokers,
-            &[
-                "--topic",
-                &events_topic,
-                "--count",
-                &count,
-                "--seed",
-                &seed,
-                "--partitions",
-                &partitions,
-            ],
-        )?;
-        let summary = child_summary(child, Duration::from_secs(300))?;
-        let (sent, rate) = summary;
-        if sent != n as u64 {
-            bail!("the producer sent {sent} events, not {n}");
-        }
-        rate
-    };
-
-    // 1b. Raw consume of the producer's topic.
-    step("raw consumer");
-    let raw_consume = {
-        let (kafka, t) = (kafka.clone(), events_topic.clone());
-        tokio::task::spawn_blocking(move || limits::raw_consume(&kafka, &t, p, n as u64)).await??
-    };
-
-    // 1c. PostgreSQL write limit of the same rows.
-    step("PostgreSQL write limit");
-    let encoded = limits::encode_batches(&events, config.batch_records, p, "limit_users").await?;
-    let (pg_limit, limit_ids) = limits::pg_write(&db_url, &encoded).await?;
-    drop(encoded);
-    drop(events);
+    let (n, p) = (config.events, config.partitions);
+    let limits = run_limits(&r).await?;
 
     // 3. The consumer, end to end.
     step("consumer --available-now");
-    let out_dir = work.join("output_data");
-    let group = format!("bench_{run_id}");
-    let (out, batch) = (
-        out_dir.display().to_string(),
-        config.batch_records.to_string(),
-    );
-    let mut consumer = child::spawn(
-        &bin_dir,
-        "consumer",
-        &config.brokers,
-        &[
-            "--topic",
-            &events_topic,
-            "--group",
-            &group,
-            "--database-url",
-            &db_url,
-            "--output-dir",
-            &out,
-            "--max-batch-records",
-            &batch,
-            "--available-now",
-        ],
-    )?;
-    let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
-    let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
-    let finished = consumer.finish(Duration::from_secs(600))?;
-    if finished.code != 0 {
-        bail!("the consumer exited with {}", finished.code);
-    }
-    let client = connect(&db_url).await?;
-    let rows_in_table: i64 = client
-        .query_one("SELECT count(*) FROM users", &[])
-        .await?
-        .get(0);
-    let (batches, records, rows_written): (i64, i64, i64) = {
-        let r = client
-            .query_one(
-                "SELECT count(*), coalesce(sum(records), 0)::bigint,
-                        coalesce(sum(rows_written), 0)::bigint
-                 FROM pipeline_batches WHERE consumer_group = $1",
-                &[&group],
-            )
-            .await?;
-        (r.get(0), r.get(1), r.get(2))
-    };
-    let csv_rows = csv_data_rows(&out_dir)?;
-    if records != n as i64 {
-        bail!("the consumer committed {records} records, not {n}");
-    }
-    if rows_in_table as usize != limit_ids.len() {
-        bail!(
-            "the consumer's table holds {rows_in_table} ids, the limit run wrote {}",
-            limit_ids.len()
-        );
-    }
-    if csv_rows != rows_written as u64 {
-        bail!("CSV part files hold {csv_rows} rows, PostgreSQL got {rows_written}");
-    }
-    let seconds = finished.wall.as_secs_f64();
-    let consumer_report = Consumer {
-        records: records as u64,
-        rows_written: rows_written as u64,
-        rows_in_table: rows_in_table as u64,
-        csv_rows,
-        batches: batches as u64,
-        seconds,
-        rows_per_s: rows_written as f64 / seconds,
-        records_per_s: records as f64 / seconds,
-        cpu_seconds: finished.cpu.as_secs_f64(),
-        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
-        startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
-        startup_to_assignment_ms: assigned.as_secs_f64() * 1000.0,
-    };
+    let client = connect(&r.db_url).await?;
+    let consumer = run_consumer(&r, &client, &limits.topic, limits.ids).await?;
 
     // 4. Latency at a steady rate.
     step(&format!(
         "latency: {} events/s for {:?}, trigger interval {:?}",
         config.latency_rate, config.latency_duration, config.latency_trigger
     ));
-    let lat_topic = topic("latency");
-    let lat_group = format!("bench_{run_id}_latency");
-    common::kafka::ensure_topic(&kafka, &lat_topic, p, 1, Duration::from_secs(10)).await?;
-    let lat_out = work.join("latency_output").display().to_string();
-    let trigger = humantime::format_duration(config.latency_trigger).to_string();
-    let mut lat_consumer = child::spawn(
-        &bin_dir,
-        "consumer",
-        &config.brokers,
-        &[
-            "--topic",
-            &lat_topic,
-            "--group",
-            &lat_group,
-            "--database-url",
-            &db_url,
-            "--table",
-            "latency_users",
-            "--dead-letter-table",
-            "latency_dead_letters",
-            "--output-dir",
-            &lat_out,
-            "--trigger-interval",
-            &trigger,
-        ],
-    )?;
-    lat_consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
-    let (rate, duration, lat_seed) = (
-        config.latency_rate.to_string(),
-        humantime::format_duration(config.latency_duration).to_string(),
-        (config.seed + 1).to_string(),
-    );
-    let lat_producer = child::spawn(
-        &bin_dir,
-        "producer",
-        &config.brokers,
-        &[
-            "--topic",
-            &lat_topic,
-            "--rate",
-            &rate,
-            "--duration",
-            &duration,
-            "--seed",
-            &lat_seed,
-        ],
-    )?;
-    let (sent, achieved_rate) = child_summary(
-        lat_producer,
-        config.latency_duration + Duration::from_secs(120),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let committed: i64 = client
-            .query_one(
-                "SELECT coalesce(sum(next_offset), 0)::bigint FROM pipeline_offsets
-                 WHERE consumer_group = $1 AND topic = $2",
-                &[&lat_group, &lat_topic],
-            )
-            .await?
-            .get(0);
-        if committed as u64 >= sent {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the latency consumer committed {committed} of {sent} in time");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    lat_consumer.terminate();
-    lat_consumer.finish(Duration::from_secs(30))?;
-    let percentiles = latency::measure(&kafka, &client, &lat_group, &lat_topic, p, sent).await?;
+    let latency = run_latency(&r, &client).await?;
 
     let report = Report {
         date: chrono_date(),
@@ -353,33 +163,325 @@ async fn run(config: Config) -> anyhow::Result<()> {
         events: n as u64,
         partitions: p,
         batch_records: config.batch_records as u64,
-        avg_event_bytes: avg_bytes,
-        raw_consume,
-        pg_write: pg_limit,
-        raw_produce,
+        avg_event_bytes: limits.avg_bytes,
+        raw_consume: limits.raw_consume,
+        pg_write: limits.pg_write,
+        raw_produce: limits.raw_produce,
         producer: Producer {
-            events_per_s: producer,
-            vs_raw: producer / raw_produce.per_s(),
+            events_per_s: limits.producer,
+            vs_raw: limits.producer / limits.raw_produce.per_s(),
         },
-        consumer: consumer_report.clone(),
-        consumer_vs_pg_limit: consumer_report.rows_per_s / pg_limit.per_s(),
-        consumer_vs_consume_limit: consumer_report.records_per_s / raw_consume.per_s(),
-        latency: Latency {
-            rate: config.latency_rate,
-            achieved_rate,
-            trigger_ms: config.latency_trigger.as_millis() as u64,
-            percentiles,
-        },
+        consumer_vs_pg_limit: consumer.rows_per_s / limits.pg_write.per_s(),
+        consumer_vs_consume_limit: consumer.records_per_s / limits.raw_consume.per_s(),
+        consumer,
+        latency,
     };
     drop(client);
     if !config.keep {
         drop_database(&config.database_url, &db).await;
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(&r.work);
     }
+    write_report(&config, &report)
+}
+
+/// The figures measured before the consumer runs.
+struct Limits {
+    avg_bytes: f64,
+    raw_produce: limits::Rate,
+    /// The producer binary's rate (events/s).
+    producer: f64,
+    raw_consume: limits::Rate,
+    pg_write: limits::Rate,
+    /// Distinct ids the PostgreSQL limit run wrote.
+    ids: usize,
+    /// The topic the producer binary filled (the consumer reads it).
+    topic: String,
+}
+
+/// The limits (raw producer loop, raw consume, PostgreSQL write of pre-encoded
+/// rows) and the producer binary, on the same synthetic events.
+async fn run_limits(r: &Run<'_>) -> anyhow::Result<Limits> {
+    let (config, n, p) = (r.config, r.config.events, r.config.partitions);
+
+    step(&format!(
+        "generating {n} synthetic events (seed {})",
+        config.seed
+    ));
+    let events = std::sync::Arc::new(limits::events(config.seed, n));
+    let avg_bytes = events.iter().map(|e| e.payload.len()).sum::<usize>() as f64 / n.max(1) as f64;
+
+    // 1a. Raw producer loop.
+    let raw_topic = r.topic("raw");
+    common::kafka::ensure_topic(&r.kafka, &raw_topic, p, 1, Duration::from_secs(10)).await?;
+    step("raw producer loop");
+    let raw_produce = {
+        let (kafka, t, events) = (r.kafka.clone(), raw_topic.clone(), events.clone());
+        tokio::task::spawn_blocking(move || limits::raw_produce(&kafka, &t, &events)).await??
+    };
+
+    // 2. The producer binary, same events.
+    let events_topic = r.topic("events");
+    step("producer binary");
+    let producer = run_producer(r, &events_topic)?;
+
+    // 1b. Raw consume of the producer's topic.
+    step("raw consumer");
+    let raw_consume = {
+        let (kafka, t) = (r.kafka.clone(), events_topic.clone());
+        tokio::task::spawn_blocking(move || limits::raw_consume(&kafka, &t, p, n as u64)).await??
+    };
+
+    // 1c. PostgreSQL write limit of the same rows.
+    step("PostgreSQL write limit");
+    let encoded = limits::encode_batches(&events, config.batch_records, p, "limit_users").await?;
+    let (pg_write, limit_ids) = limits::pg_write(&r.db_url, &encoded).await?;
+    Ok(Limits {
+        avg_bytes,
+        raw_produce,
+        producer,
+        raw_consume,
+        pg_write,
+        ids: limit_ids.len(),
+        topic: events_topic,
+    })
+}
+
+/// The directory of the `producer` and `consumer` binaries under test.
+fn binaries(config: &Config) -> anyhow::Result<PathBuf> {
+    let bin_dir = match &config.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of the bench binary")?
+            .to_path_buf(),
+    };
+    for bin in ["producer", "consumer"] {
+        if !bin_dir.join(bin).is_file() {
+            bail!(
+                "no {bin} binary in {} (build with `cargo build --release --bins`)",
+                bin_dir.display()
+            );
+        }
+    }
+    Ok(bin_dir)
+}
+
+/// The producer binary publishes the run's events; returns its rate.
+fn run_producer(r: &Run<'_>, topic: &str) -> anyhow::Result<f64> {
+    let n = r.config.events;
+    let (count, seed, partitions) = (
+        n.to_string(),
+        r.config.seed.to_string(),
+        r.config.partitions.to_string(),
+    );
+    let child = child::spawn(
+        &r.bin_dir,
+        "producer",
+        &r.config.brokers,
+        &[
+            "--topic",
+            topic,
+            "--count",
+            &count,
+            "--seed",
+            &seed,
+            "--partitions",
+            &partitions,
+        ],
+    )?;
+    let (sent, rate) = child_summary(child, Duration::from_secs(300))?;
+    if sent != n as u64 {
+        bail!("the producer sent {sent} events, not {n}");
+    }
+    Ok(rate)
+}
+
+/// `consumer --available-now` over the producer's topic, checked against the
+/// limit run (ids in the table, CSV rows = rows written, every record committed).
+async fn run_consumer(
+    r: &Run<'_>,
+    client: &tokio_postgres::Client,
+    topic: &str,
+    limit_ids: usize,
+) -> anyhow::Result<Consumer> {
+    let n = r.config.events;
+    let out_dir = r.work.join("output_data");
+    let group = format!("bench_{}", r.id);
+    let (out, batch) = (
+        out_dir.display().to_string(),
+        r.config.batch_records.to_string(),
+    );
+    let mut consumer = child::spawn(
+        &r.bin_dir,
+        "consumer",
+        &r.config.brokers,
+        &[
+            "--topic",
+            topic,
+            "--group",
+            &group,
+            "--database-url",
+            &r.db_url,
+            "--output-dir",
+            &out,
+            "--max-batch-records",
+            &batch,
+            "--available-now",
+        ],
+    )?;
+    let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
+    let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
+    let finished = consumer.finish(Duration::from_secs(600))?;
+    if finished.code != 0 {
+        bail!("the consumer exited with {}", finished.code);
+    }
+    let rows_in_table: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await?
+        .get(0);
+    let (batches, records, rows_written) = batch_figures(client, &group).await?;
+    let csv_rows = csv_data_rows(&out_dir)?;
+    if records != n as i64 {
+        bail!("the consumer committed {records} records, not {n}");
+    }
+    if rows_in_table as usize != limit_ids {
+        bail!("the consumer's table holds {rows_in_table} ids, the limit run wrote {limit_ids}");
+    }
+    if csv_rows != rows_written as u64 {
+        bail!("CSV part files hold {csv_rows} rows, PostgreSQL got {rows_written}");
+    }
+    let seconds = finished.wall.as_secs_f64();
+    Ok(Consumer {
+        records: records as u64,
+        rows_written: rows_written as u64,
+        rows_in_table: rows_in_table as u64,
+        csv_rows,
+        batches: batches as u64,
+        seconds,
+        rows_per_s: rows_written as f64 / seconds,
+        records_per_s: records as f64 / seconds,
+        cpu_seconds: finished.cpu.as_secs_f64(),
+        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
+        startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
+        startup_to_assignment_ms: assigned.as_secs_f64() * 1000.0,
+    })
+}
+
+/// A group's committed batches: (count, records, rows written).
+async fn batch_figures(
+    client: &tokio_postgres::Client,
+    group: &str,
+) -> anyhow::Result<(i64, i64, i64)> {
+    let r = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(records), 0)::bigint,
+                    coalesce(sum(rows_written), 0)::bigint
+             FROM pipeline_batches WHERE consumer_group = $1",
+            &[&group],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}
+
+/// A streaming consumer with a short trigger while the producer publishes at a
+/// steady rate; latency per message from the batch log.
+async fn run_latency(r: &Run<'_>, client: &tokio_postgres::Client) -> anyhow::Result<Latency> {
+    let config = r.config;
+    let topic = r.topic("latency");
+    let group = format!("bench_{}_latency", r.id);
+    let p = config.partitions;
+    common::kafka::ensure_topic(&r.kafka, &topic, p, 1, Duration::from_secs(10)).await?;
+    let out = r.work.join("latency_output").display().to_string();
+    let trigger = humantime::format_duration(config.latency_trigger).to_string();
+    let mut consumer = child::spawn(
+        &r.bin_dir,
+        "consumer",
+        &config.brokers,
+        &[
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--database-url",
+            &r.db_url,
+            "--table",
+            "latency_users",
+            "--dead-letter-table",
+            "latency_dead_letters",
+            "--output-dir",
+            &out,
+            "--trigger-interval",
+            &trigger,
+        ],
+    )?;
+    consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
+    let (rate, duration, seed) = (
+        config.latency_rate.to_string(),
+        humantime::format_duration(config.latency_duration).to_string(),
+        (config.seed + 1).to_string(),
+    );
+    let producer = child::spawn(
+        &r.bin_dir,
+        "producer",
+        &config.brokers,
+        &[
+            "--topic",
+            &topic,
+            "--rate",
+            &rate,
+            "--duration",
+            &duration,
+            "--seed",
+            &seed,
+        ],
+    )?;
+    let limit = config.latency_duration + Duration::from_secs(120);
+    let (sent, achieved_rate) = child_summary(producer, limit)?;
+    wait_committed(client, &group, &topic, sent).await?;
+    consumer.terminate();
+    consumer.finish(Duration::from_secs(30))?;
+    let percentiles = latency::measure(&r.kafka, client, &group, &topic, p, sent).await?;
+    Ok(Latency {
+        rate: config.latency_rate,
+        achieved_rate,
+        trigger_ms: config.latency_trigger.as_millis() as u64,
+        percentiles,
+    })
+}
+
+/// Waits (at most 120 s) until the group's stored offsets cover `sent` records.
+async fn wait_committed(
+    client: &tokio_postgres::Client,
+    group: &str,
+    topic: &str,
+    sent: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let committed: i64 = client
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM pipeline_offsets
+                 WHERE consumer_group = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await?
+            .get(0);
+        if committed as u64 >= sent {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the latency consumer committed {committed} of {sent} in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The figures as JSON, and the table on stdout.
+fn write_report(config: &Config, report: &Report) -> anyhow::Result<()> {
     if let Some(dir) = config.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&config.json, serde_json::to_vec_pretty(&report)?)
+    std::fs::write(&config.json, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("cannot write {}", config.json.display()))?;
     println!("{}", report.markdown());
     eprintln!("bench: figures written to {}", config.json.display());

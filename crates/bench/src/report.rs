@@ -102,115 +102,34 @@ fn int(v: f64) -> String {
     format!("{sign}{out}")
 }
 
+/// One line of the table: measurement, figure, target, whether it holds.
+type Row = [String; 4];
+
+/// A figure without a target.
+fn info(what: impl Into<String>, figure: String) -> Row {
+    [what.into(), figure, String::new(), String::new()]
+}
+
+/// A figure with its target.
+fn target(what: impl Into<String>, figure: String, target: String, ok: bool) -> Row {
+    [what.into(), figure, target, holds(ok).into()]
+}
+
+/// Latency percentiles as the table spells them.
+fn spread(p: &crate::latency::Percentiles) -> String {
+    format!(
+        "p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages)",
+        p.p50_ms,
+        p.p95_ms,
+        p.p99_ms,
+        p.max_ms,
+        int(p.messages as f64)
+    )
+}
+
 impl Report {
     /// The table the README quotes.
     pub fn markdown(&self) -> String {
-        let c = &self.consumer;
-        let l = &self.latency.percentiles.steady;
-        let all = &self.latency.percentiles.all;
-        let mut rows: Vec<[String; 4]> = vec![
-            [
-                "Limit: raw consume (rdkafka, counting only)".into(),
-                format!(
-                    "{} msg/s ({:.1} MB/s)",
-                    int(self.raw_consume.per_s()),
-                    self.raw_consume.mb_per_s()
-                ),
-                "".into(),
-                "".into(),
-            ],
-            [
-                "Limit: PostgreSQL write (binary COPY + upsert, pre-encoded)".into(),
-                format!("{} rows/s", int(self.pg_write.per_s())),
-                "".into(),
-                "".into(),
-            ],
-            [
-                "Limit: raw producer loop (pre-encoded bytes)".into(),
-                format!("{} events/s", int(self.raw_produce.per_s())),
-                "".into(),
-                "".into(),
-            ],
-            [
-                "Producer".into(),
-                format!(
-                    "{} events/s = {:.2} x raw loop",
-                    int(self.producer.events_per_s),
-                    self.producer.vs_raw
-                ),
-                format!(">= {PRODUCER_VS_RAW} x raw loop"),
-                holds(self.producer.vs_raw >= PRODUCER_VS_RAW).into(),
-            ],
-            [
-                "Consumer end to end (`--available-now`)".into(),
-                format!(
-                    "{} rows/s = {:.2} x PostgreSQL limit ({} records in {:.1} s; {:.2} x consume limit)",
-                    int(c.rows_per_s),
-                    self.consumer_vs_pg_limit,
-                    int(c.records as f64),
-                    c.seconds,
-                    self.consumer_vs_consume_limit
-                ),
-                format!(">= {CONSUMER_VS_PG_LIMIT} x PostgreSQL limit"),
-                holds(self.consumer_vs_pg_limit >= CONSUMER_VS_PG_LIMIT).into(),
-            ],
-            [
-                "Consumer CPU".into(),
-                format!(
-                    "{:.2} s ({:.0} µs per record)",
-                    c.cpu_seconds,
-                    c.cpu_seconds * 1e6 / c.records.max(1) as f64
-                ),
-                "".into(),
-                "".into(),
-            ],
-            [
-                format!("Consumer peak RSS ({}-record batches)", self.batch_records),
-                format!("{:.0} MB", c.peak_rss_mb),
-                format!("< {PEAK_RSS_MB:.0} MB"),
-                holds(c.peak_rss_mb < PEAK_RSS_MB).into(),
-            ],
-            [
-                "Start-up to first committed batch".into(),
-                format!(
-                    "{:.0} ms (partitions assigned after {:.0} ms)",
-                    c.startup_to_first_commit_ms, c.startup_to_assignment_ms
-                ),
-                format!("< {STARTUP_MS:.0} ms"),
-                holds(c.startup_to_first_commit_ms < STARTUP_MS).into(),
-            ],
-            [
-                format!(
-                    "Latency at {} events/s, trigger {} ms (commit - Kafka timestamp), after the first {} s",
-                    int(self.latency.achieved_rate),
-                    self.latency.trigger_ms,
-                    WARM_UP_MS / 1000
-                ),
-                format!(
-                    "p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages)",
-                    l.p50_ms,
-                    l.p95_ms,
-                    l.p99_ms,
-                    l.max_ms,
-                    int(l.messages as f64)
-                ),
-                format!("p99 < {LATENCY_P99_MS:.0} ms"),
-                holds(l.p99_ms < LATENCY_P99_MS).into(),
-            ],
-            [
-                "Latency, every message (first seconds included)".into(),
-                format!(
-                    "p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages)",
-                    all.p50_ms,
-                    all.p95_ms,
-                    all.p99_ms,
-                    all.max_ms,
-                    int(all.messages as f64)
-                ),
-                "".into(),
-                "".into(),
-            ],
-        ];
         let mut out = format!(
             "Benchmark of {date}: {events} events of ~{bytes:.0} bytes, {p} partitions, \
              {b}-record batches.\nMachine: {machine}. Broker: {broker}. PostgreSQL {pg}, \
@@ -224,22 +143,113 @@ impl Report {
             broker = self.broker,
             pg = self.postgres,
         );
-        rows.insert(
-            0,
-            [
-                "Measurement".into(),
-                "Figure".into(),
-                "Target".into(),
-                "Holds".into(),
-            ],
-        );
-        for (i, r) in rows.iter().enumerate() {
+        out.push_str("| Measurement | Figure | Target | Holds |\n|---|---|---|---|\n");
+        let rows = self
+            .limit_rows()
+            .into_iter()
+            .chain(self.pipeline_rows())
+            .chain(self.latency_rows());
+        for r in rows {
             out.push_str(&format!("| {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]));
-            if i == 0 {
-                out.push_str("|---|---|---|---|\n");
-            }
         }
         out
+    }
+
+    /// What the broker and PostgreSQL can do on their own.
+    fn limit_rows(&self) -> Vec<Row> {
+        vec![
+            info(
+                "Limit: raw consume (rdkafka, counting only)",
+                format!(
+                    "{} msg/s ({:.1} MB/s)",
+                    int(self.raw_consume.per_s()),
+                    self.raw_consume.mb_per_s()
+                ),
+            ),
+            info(
+                "Limit: PostgreSQL write (binary COPY + upsert, pre-encoded)",
+                format!("{} rows/s", int(self.pg_write.per_s())),
+            ),
+            info(
+                "Limit: raw producer loop (pre-encoded bytes)",
+                format!("{} events/s", int(self.raw_produce.per_s())),
+            ),
+        ]
+    }
+
+    /// The two binaries against their targets.
+    fn pipeline_rows(&self) -> Vec<Row> {
+        let c = &self.consumer;
+        vec![
+            target(
+                "Producer",
+                format!(
+                    "{} events/s = {:.2} x raw loop",
+                    int(self.producer.events_per_s),
+                    self.producer.vs_raw
+                ),
+                format!(">= {PRODUCER_VS_RAW} x raw loop"),
+                self.producer.vs_raw >= PRODUCER_VS_RAW,
+            ),
+            target(
+                "Consumer end to end (`--available-now`)",
+                format!(
+                    "{} rows/s = {:.2} x PostgreSQL limit ({} records in {:.1} s; {:.2} x consume limit)",
+                    int(c.rows_per_s),
+                    self.consumer_vs_pg_limit,
+                    int(c.records as f64),
+                    c.seconds,
+                    self.consumer_vs_consume_limit
+                ),
+                format!(">= {CONSUMER_VS_PG_LIMIT} x PostgreSQL limit"),
+                self.consumer_vs_pg_limit >= CONSUMER_VS_PG_LIMIT,
+            ),
+            info(
+                "Consumer CPU",
+                format!(
+                    "{:.2} s ({:.0} µs per record)",
+                    c.cpu_seconds,
+                    c.cpu_seconds * 1e6 / c.records.max(1) as f64
+                ),
+            ),
+            target(
+                format!("Consumer peak RSS ({}-record batches)", self.batch_records),
+                format!("{:.0} MB", c.peak_rss_mb),
+                format!("< {PEAK_RSS_MB:.0} MB"),
+                c.peak_rss_mb < PEAK_RSS_MB,
+            ),
+            target(
+                "Start-up to first committed batch",
+                format!(
+                    "{:.0} ms (partitions assigned after {:.0} ms)",
+                    c.startup_to_first_commit_ms, c.startup_to_assignment_ms
+                ),
+                format!("< {STARTUP_MS:.0} ms"),
+                c.startup_to_first_commit_ms < STARTUP_MS,
+            ),
+        ]
+    }
+
+    /// Latency in the steady state, against the target, and over every message.
+    fn latency_rows(&self) -> Vec<Row> {
+        let steady = &self.latency.percentiles.steady;
+        vec![
+            target(
+                format!(
+                    "Latency at {} events/s, trigger {} ms (commit - Kafka timestamp), after the first {} s",
+                    int(self.latency.achieved_rate),
+                    self.latency.trigger_ms,
+                    WARM_UP_MS / 1000
+                ),
+                spread(steady),
+                format!("p99 < {LATENCY_P99_MS:.0} ms"),
+                steady.p99_ms < LATENCY_P99_MS,
+            ),
+            info(
+                "Latency, every message (first seconds included)",
+                spread(&self.latency.percentiles.all),
+            ),
+        ]
     }
 }
 

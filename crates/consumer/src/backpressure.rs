@@ -41,7 +41,7 @@ impl Backpressure {
     }
 
     /// Holding: the next batch is full and pausing was not tried yet.
-    pub fn holding(&self) -> bool {
+    fn holding(&self) -> bool {
         !self.pause_tried && self.full_since.is_some()
     }
 

@@ -87,6 +87,19 @@ struct Figures {
     dead_letters: u64,
 }
 
+impl Figures {
+    /// The figures a committed batch recorded (rows written, dead letters); the
+    /// dead letters beyond the batch's own were refused rows.
+    fn recorded((rows_written, dead_letters): (u64, u64), batch: &Batch<'_>) -> Self {
+        let ours = batch.dead_letters.len() as u64;
+        Self {
+            rows_written,
+            rejected_rows: dead_letters.saturating_sub(ours),
+            dead_letters,
+        }
+    }
+}
+
 /// How the transaction itself ended, with the part file it staged.
 enum Transaction {
     Committed {
@@ -204,13 +217,11 @@ impl Committer {
                 // A failed attempt may have committed with its answer lost: never
                 // run (and re-stage) a batch the log already holds.
                 if attempts > 1
-                    && ledger::recorded(&*pg.client().await?, batch.id)
-                        .await?
-                        .is_some()
+                    && let Some(recorded) = ledger::recorded(&*pg.client().await?, batch.id).await?
                 {
-                    return Ok(Transaction::Conflict {
-                        staged: csv.staged(batch.id),
-                    });
+                    let figures = Figures::recorded(recorded, batch);
+                    let staged = csv.staged(batch.id);
+                    return Ok(Transaction::Committed { figures, staged });
                 }
                 transaction(pg, csv, batch).await
             })
@@ -226,17 +237,8 @@ impl Committer {
         let (figures, staged) = match written {
             Transaction::Committed { figures, staged } => (figures, staged),
             Transaction::Conflict { staged } => match self.recorded(batch.id, stop).await? {
-                // The commit went through but its answer was lost: take the figures
-                // the batch recorded (dead letters beyond ours were refused rows).
-                Some(Some((rows_written, dead_letters))) => {
-                    let ours = batch.dead_letters.len() as u64;
-                    let figures = Figures {
-                        rows_written,
-                        rejected_rows: dead_letters.saturating_sub(ours),
-                        dead_letters,
-                    };
-                    (figures, staged)
-                }
+                // The commit went through but its answer was lost.
+                Some(Some(recorded)) => (Figures::recorded(recorded, batch), staged),
                 Some(None) => {
                     if let Some(s) = staged {
                         self.csv.discard(s);

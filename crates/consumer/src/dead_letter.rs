@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, Int32Builder, Int64Array, Int64Builder,
+    Array, ArrayRef, AsArray, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, Int32Type, Int64Type, Schema, TimestampMillisecondType,
@@ -32,9 +32,18 @@ pub const ORIGIN_OFFSET_HEADER: &str = "users-pipeline-origin-offset";
 /// The rank a replayed record keeps: its original (partition, offset), from the
 /// values of the two origin headers.
 pub fn origin_rank(partition: Option<&[u8]>, offset: Option<&[u8]>) -> Option<(i32, i64)> {
-    let partition = std::str::from_utf8(partition?).ok()?.parse().ok()?;
-    let offset = std::str::from_utf8(offset?).ok()?.parse().ok()?;
-    Some((partition, offset))
+    Some((parse_header(partition)?, parse_header(offset)?))
+}
+
+/// A message header's value, by name.
+pub fn header<'a>(headers: &'a rdkafka::message::BorrowedHeaders, name: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::Headers;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+}
+
+/// A header value holding a number as text.
+pub fn parse_header<T: std::str::FromStr>(value: Option<&[u8]>) -> Option<T> {
+    std::str::from_utf8(value?).ok()?.parse().ok()
 }
 
 /// Where in the pipeline a record was refused.
@@ -206,19 +215,27 @@ impl Provenance {
     /// and the highest rank (the one the default query keeps).
     fn input_row(&self, keys: &[Option<String>], row: usize) -> Option<usize> {
         let by_key = self.by_key.get_or_init(|| {
-            let ranks = self.ranks();
-            let rank = |i: usize| ranks.map(|(p, o)| (p.value(i), o.value(i)));
-            let mut map: HashMap<String, usize> = HashMap::new();
             let keys = key_texts(&self.input, self.key.as_deref());
-            for (i, k) in keys.into_iter().enumerate() {
-                let Some(k) = k else { continue };
-                if map.get(&k).is_none_or(|j| rank(i) >= rank(*j)) {
-                    map.insert(k, i);
-                }
-            }
-            map
+            highest_ranked(keys.into_iter(), self.ranks())
         });
         keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
+    }
+
+    /// For each row of an output batch, the input row it came from. Text keys
+    /// (the usual case) are matched as borrowed strings, with no copy per row.
+    fn input_rows(&self, batch: &RecordBatch) -> Vec<Option<usize>> {
+        let strings = |b: &RecordBatch| -> Option<StringArray> {
+            let column = b.column_by_name(self.key.as_deref()?)?;
+            column.as_string_opt::<i32>().cloned()
+        };
+        if let (Some(input), Some(output)) = (strings(&self.input), strings(batch)) {
+            let by_key = highest_ranked(input.iter(), self.ranks());
+            return output.iter().map(|k| by_key.get(k?).copied()).collect();
+        }
+        let keys = key_texts(batch, self.key.as_deref());
+        (0..batch.num_rows())
+            .map(|row| self.input_row(&keys, row))
+            .collect()
     }
 
     /// The output with the rank of each row's record appended as
@@ -228,10 +245,8 @@ impl Provenance {
         output
             .iter()
             .map(|batch| {
-                let keys = key_texts(batch, self.key.as_deref());
                 let (mut partitions, mut offsets) = (Int32Builder::new(), Int64Builder::new());
-                for row in 0..batch.num_rows() {
-                    let input = self.input_row(&keys, row);
+                for input in self.input_rows(batch) {
                     let rank = input.zip(ranks).map(|(i, (p, o))| (p.value(i), o.value(i)));
                     partitions.append_option(rank.map(|r| r.0));
                     offsets.append_option(rank.map(|r| r.1));
@@ -278,6 +293,22 @@ impl Provenance {
     }
 }
 
+/// Key -> the row with that key and the highest rank (`None` keys left out).
+fn highest_ranked<K: std::hash::Hash + Eq>(
+    keys: impl Iterator<Item = Option<K>>,
+    ranks: Option<(&Int32Array, &Int64Array)>,
+) -> HashMap<K, usize> {
+    let rank = |i: usize| ranks.map(|(p, o)| (p.value(i), o.value(i)));
+    let mut map: HashMap<K, usize> = HashMap::new();
+    for (i, k) in keys.enumerate() {
+        let Some(k) = k else { continue };
+        if map.get(&k).is_none_or(|j| rank(i) >= rank(*j)) {
+            map.insert(k, i);
+        }
+    }
+    map
+}
+
 /// Every row's key as text (`None` when the column is missing or the value null).
 fn key_texts(batch: &RecordBatch, key: Option<&str>) -> Vec<Option<String>> {
     let Some(column) = key.and_then(|k| batch.column_by_name(k)) else {
@@ -320,7 +351,7 @@ pub fn ddl(table: &str) -> String {
 /// by its coordinates. Run only when the column is missing (see [`upgraded`]):
 /// `ALTER TABLE` locks the table even when there is nothing to add.
 pub fn upgrade(table: &str) -> String {
-    let base = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+    let base = crate::sink::postgres::unquote(table.rsplit('.').next().unwrap_or(table));
     let index = crate::sink::quote_ident(&format!("{base}_record"));
     format!(
         r#"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS consumer_group text;

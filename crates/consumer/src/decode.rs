@@ -20,21 +20,10 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::dead_letter::DeadLetter;
 
-/// The Kafka columns appended to the event fields, named as Spark's Kafka source
-/// names them, then the record's rank: `origin_partition` and `origin_offset`, the
-/// position that orders it among the records of its key (its own, or for a
+/// The schema of the `events` table the transform SQL reads: the event fields,
+/// the Kafka columns named as Spark's Kafka source names them, then the record's
+/// rank, `origin_partition` and `origin_offset` (its own position, or for a
 /// replayed dead letter the original record's).
-pub const KAFKA_COLUMNS: [&str; 7] = [
-    "topic",
-    "partition",
-    "offset",
-    "timestamp",
-    "key",
-    "origin_partition",
-    "origin_offset",
-];
-
-/// The schema of the `events` table the transform SQL reads.
 pub fn input_schema() -> SchemaRef {
     let mut fields: Vec<Field> = events::arrow_schema()
         .fields()

@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 
-use common::backoff::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,7 @@ use crate::commit::Committer;
 use crate::config::{Config, PastEnd};
 use crate::ledger::Gap;
 use crate::partitions::{InLog, Partitions, locate};
-use crate::retry::FIRST_DELAY;
+use crate::retry::{Retriable, Retry};
 use crate::source::KafkaConsumer;
 use crate::telemetry::Metrics;
 
@@ -150,8 +149,12 @@ pub async fn resolve(
     })
 }
 
-const PAST_END: &str = "past_log_end";
-const BEFORE_START: &str = "before_log_start";
+/// The `kind` of a `pipeline_gaps` row (and the metric's label): a stored offset
+/// past the log's end, moved by `--offsets-past-end`.
+pub const PAST_END: &str = "past_log_end";
+/// The `kind` of a `pipeline_gaps` row: records deleted by retention before they
+/// were read.
+pub const BEFORE_START: &str = "before_log_start";
 
 /// What to do with a partition at `position` in the log `low..=high`: nothing
 /// (`None`, inside), a move, or (past the end, `--offsets-past-end fail`) an error.
@@ -256,22 +259,41 @@ async fn list_offsets(
     check: Check,
     stop: &CancellationToken,
 ) -> Result<Option<HashMap<i32, (i64, i64)>>, Error> {
-    let mut backoff = Backoff::new(FIRST_DELAY, config.max_retry_backoff);
-    loop {
-        let error = match ask_offsets(config, partitions.to_vec()).await {
-            Ok(logs) => return Ok(Some(logs)),
-            Err(e) => e,
+    if check == Check::Assignment {
+        return match ask_offsets(config, partitions.to_vec()).await {
+            Ok(logs) => Ok(Some(logs)),
+            Err(error) => {
+                warn!(message = "Cannot check the stored offsets against the log; skipped.", error = %error);
+                Ok(None)
+            }
         };
-        if check == Check::Assignment {
-            warn!(message = "Cannot check the stored offsets against the log; skipped.", error = %error);
-            return Ok(None);
-        }
-        let delay = backoff.fail();
-        warn!(message = "Cannot read the partitions' log start and end, retrying.", error = %error, retry_in = ?delay);
-        tokio::select! {
-            () = stop.cancelled() => return Ok(None),
-            () = tokio::time::sleep(delay) => {}
-        }
+    }
+    Retry::new(
+        "reading the partitions' log start and end",
+        stop,
+        config.max_retry_backoff,
+    )
+    .run(async || {
+        ask_offsets(config, partitions.to_vec())
+            .await
+            .map_err(Unanswered)
+    })
+    .await
+    .map_err(|Unanswered(e)| e)
+}
+
+/// A ListOffsets that failed: the broker may answer the next one.
+struct Unanswered(Error);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Retriable for Unanswered {
+    fn retriable(&self) -> bool {
+        true
     }
 }
 

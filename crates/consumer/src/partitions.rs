@@ -80,6 +80,7 @@ impl Partitions {
     }
 
     /// A partition's progress, if owned.
+    #[cfg(test)]
     pub fn get(&self, partition: i32) -> Option<&Progress> {
         self.owned.get(&partition)
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
@@ -150,10 +150,9 @@ impl RunSummary {
 
 /// The original position a replayed dead letter carries in its headers.
 fn replayed_rank(headers: &rdkafka::message::BorrowedHeaders) -> Option<(i32, i64)> {
-    let value = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
     dead_letter::origin_rank(
-        value(dead_letter::ORIGIN_PARTITION_HEADER),
-        value(dead_letter::ORIGIN_OFFSET_HEADER),
+        dead_letter::header(headers, dead_letter::ORIGIN_PARTITION_HEADER),
+        dead_letter::header(headers, dead_letter::ORIGIN_OFFSET_HEADER),
     )
 }
 
@@ -161,16 +160,9 @@ fn replayed_rank(headers: &rdkafka::message::BorrowedHeaders) -> Option<(i32, i6
 /// the topic does not exist.
 async fn check_topic(config: &Config) -> Result<(), Error> {
     let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let partitions =
-        common::kafka::check_reachable(&probe, &config.topic, config.connect_timeout).await?;
-    match partitions {
-        Some(_) => Ok(()),
-        None => Err(Error::NoTopic {
-            topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
-            hint: " (the producer creates it; or create it with --partitions)",
-        }),
-    }
+    let hint = " (the producer creates it; or create it with --partitions)";
+    source::require_topic(&probe, config, &config.topic, hint).await?;
+    Ok(())
 }
 
 /// Creates the group consumer, whose rebalance callback positions assigned

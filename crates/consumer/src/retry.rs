@@ -47,6 +47,7 @@ impl<'a> Retry<'a> {
     }
 
     /// Starts from `first` instead of [`FIRST_DELAY`] (tests).
+    #[cfg(test)]
     pub fn first_delay(mut self, first: Duration, max: Duration) -> Self {
         self.backoff = Backoff::new(first, max);
         self

@@ -318,6 +318,24 @@ pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer
     Ok(consumer)
 }
 
+/// The number of partitions of `topic`, asked of the brokers with `client`; fails
+/// within `--connect-timeout` when they cannot be reached, or with
+/// [`crate::Error::NoTopic`] (and `hint`) when the topic does not exist.
+pub async fn require_topic(
+    client: &rdkafka::ClientConfig,
+    config: &Config,
+    topic: &str,
+    hint: &'static str,
+) -> Result<usize, crate::Error> {
+    common::kafka::check_reachable(client, topic, config.connect_timeout)
+        .await?
+        .ok_or_else(|| crate::Error::NoTopic {
+            topic: topic.to_string(),
+            brokers: config.brokers.clone(),
+            hint,
+        })
+}
+
 /// Refuses `-X` overrides of the settings the offset protocol rests on, with the
 /// reason.
 pub fn check_override(key: &str, value: &str) -> Result<(), String> {

@@ -61,7 +61,7 @@ impl Metrics {
         for stage in Stage::ALL {
             counter!(DEAD_LETTERS, "reason" => stage.metric_reason()).absolute(0);
         }
-        for kind in ["before_log_start", "past_log_end"] {
+        for kind in [crate::gaps::BEFORE_START, crate::gaps::PAST_END] {
             counter!(OFFSET_GAPS, "kind" => kind).absolute(0);
         }
         counter!(RECORDS_LOST).absolute(0);

@@ -20,6 +20,18 @@ fn huge_text() -> String {
         .collect()
 }
 
+/// A first run that creates the table, then a CHECK the user adds: emails without
+/// an @ are refused from now on.
+async fn warm_up_with_email_check(s: &Scenario, seed: u64, events: usize) {
+    let warm: Vec<UserEvent> = Generator::new(seed).take(events).collect();
+    s.publish(&warm).await;
+    let out = s.run_available_now(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.db.batch_execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')")
+        .await
+        .unwrap();
+}
+
 /// Refused rows keep their record's coordinates, so they can be replayed and are
 /// stored once.
 async fn assert_every_dead_letter_has_coordinates(s: &Scenario) {
@@ -331,13 +343,7 @@ async fn rows_copy_refuses_are_dead_letters_with_their_record_and_stay_out_of_th
 #[tokio::test(flavor = "multi_thread")]
 async fn reading_the_topic_again_stores_each_dead_letter_once() {
     let s = Scenario::new(2).await;
-    let warm: Vec<UserEvent> = Generator::new(86).take(5).collect();
-    s.publish(&warm).await;
-    let out = s.run_available_now(&[]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    s.db.batch_execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')")
-        .await
-        .unwrap();
+    warm_up_with_email_check(&s, 86, 5).await;
     let mut events: Vec<UserEvent> = Generator::new(87).take(300).collect();
     for (i, e) in events.iter_mut().enumerate() {
         e.id = Some(format!("again-{i}"));
@@ -373,13 +379,7 @@ async fn reading_the_topic_again_stores_each_dead_letter_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_record_never_overwrites_a_newer_one_even_replayed_or_reread() {
     let s = Scenario::new(1).await;
-    let warm: Vec<UserEvent> = Generator::new(88).take(3).collect();
-    s.publish(&warm).await;
-    let out = s.run_available_now(&[]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    s.db.batch_execute("ALTER TABLE users ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')")
-        .await
-        .unwrap();
+    warm_up_with_email_check(&s, 88, 3).await;
     let mut old = Generator::new(89).next().unwrap();
     old.id = Some("guard-1".into());
     old.first_name = "Old".into();

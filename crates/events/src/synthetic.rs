@@ -283,29 +283,7 @@ impl Generator {
         } else if !self.recent.is_empty() && rng.random_bool(REPEAT_RATE) {
             id = self.recent[rng.random_range(0..self.recent.len())].clone();
         }
-        let username = format!(
-            "{}{}{}",
-            pick(
-                rng,
-                &[
-                    "black", "heavy", "brown", "lazy", "yellow", "organic", "tiny", "sad"
-                ]
-            ),
-            pick(
-                rng,
-                &[
-                    "snake",
-                    "zebra",
-                    "ostrich",
-                    "butterfly",
-                    "cat",
-                    "ladybug",
-                    "rabbit",
-                    "goose"
-                ]
-            ),
-            rng.random_range(100..1000)
-        );
+        let username = username(rng);
         let portrait = rng.random_range(0..100);
         let result = RandomUserResult {
             gender: if female { "female" } else { "male" }.to_string(),
@@ -349,22 +327,51 @@ impl Generator {
             },
             nat: Some(c.nat.to_string()),
         };
-        if !id.is_empty() {
-            if self.recent.len() < RECENT {
-                self.recent.push(id);
-            } else {
-                let slot = (self.produced as usize) % RECENT;
-                self.recent[slot] = id;
-            }
-        }
+        self.remember(id);
         self.produced += 1;
         result
+    }
+
+    /// Keeps an id among the recent ones that later users may repeat.
+    fn remember(&mut self, id: String) {
+        if id.is_empty() {
+            return;
+        }
+        if self.recent.len() < RECENT {
+            self.recent.push(id);
+        } else {
+            let slot = (self.produced as usize) % RECENT;
+            self.recent[slot] = id;
+        }
     }
 
     /// The next user, flattened into the event the producer publishes.
     pub fn next_event(&mut self) -> UserEvent {
         self.next_result().to_event()
     }
+}
+
+/// A Random-User-style username: adjective, animal, three digits.
+fn username(rng: &mut ChaCha8Rng) -> String {
+    const ADJECTIVES: [&str; 8] = [
+        "black", "heavy", "brown", "lazy", "yellow", "organic", "tiny", "sad",
+    ];
+    const ANIMALS: [&str; 8] = [
+        "snake",
+        "zebra",
+        "ostrich",
+        "butterfly",
+        "cat",
+        "ladybug",
+        "rabbit",
+        "goose",
+    ];
+    format!(
+        "{}{}{}",
+        pick(rng, &ADJECTIVES),
+        pick(rng, &ANIMALS),
+        rng.random_range(100..1000)
+    )
 }
 
 impl Iterator for Generator {

@@ -57,37 +57,10 @@ pub enum Error {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
     let source = config.source()?;
     let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let partitions =
-        common::kafka::check_reachable(&client, &config.topic, config.connect_timeout).await?;
-    if partitions.is_none() {
-        let created = common::kafka::ensure_topic(
-            &client,
-            &config.topic,
-            config.partitions,
-            config.replication_factor,
-            config.connect_timeout,
-        )
-        .await?;
-        if created {
-            info!(
-                message = "Created topic.",
-                topic = %config.topic,
-                partitions = config.partitions
-            );
-        }
-    }
-
+    ensure_topic(&client, &config).await?;
     let stop_telemetry = tokio_util::sync::CancellationToken::new();
     let _stop_guard = stop_telemetry.clone().drop_guard();
-    if let Some(addr) = config.metrics_addr {
-        let handle = common::telemetry::install(Duration::from_secs(300))?;
-        common::telemetry::build_info("users_pipeline_producer", env!("CARGO_PKG_VERSION"));
-        // Ready once the broker answered and the topic exists, which is now.
-        let ready: common::telemetry::ReadyCheck =
-            std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
-        let bound = common::telemetry::serve(addr, handle, ready, stop_telemetry.clone()).await?;
-        info!(message = "Serving /metrics, /healthz and /readyz.", addr = %bound);
-    }
+    serve_telemetry(&config, &stop_telemetry).await?;
     let sent_total = metrics::counter!(SENT);
     let publisher = publish::Publisher::new(&client, &config)?;
     let bar = progress_bar(&config);
@@ -158,6 +131,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     Ok(publisher
         .finish(sent, bad_input, started, config.flush_timeout)
         .await)
+}
+
+/// Creates the topic when the brokers answer but it does not exist yet.
+async fn ensure_topic(client: &rdkafka::ClientConfig, config: &Config) -> Result<(), Error> {
+    let partitions =
+        common::kafka::check_reachable(client, &config.topic, config.connect_timeout).await?;
+    if partitions.is_some() {
+        return Ok(());
+    }
+    let created = common::kafka::ensure_topic(
+        client,
+        &config.topic,
+        config.partitions,
+        config.replication_factor,
+        config.connect_timeout,
+    )
+    .await?;
+    if created {
+        info!(
+            message = "Created topic.",
+            topic = %config.topic,
+            partitions = config.partitions
+        );
+    }
+    Ok(())
+}
+
+/// `--metrics-addr`: serves `/metrics`, `/healthz` and `/readyz` until `stop`.
+async fn serve_telemetry(
+    config: &Config,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), Error> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(());
+    };
+    let handle = common::telemetry::install(Duration::from_secs(300))?;
+    common::telemetry::build_info("users_pipeline_producer", env!("CARGO_PKG_VERSION"));
+    // Ready once the broker answered and the topic exists, which is now.
+    let ready: common::telemetry::ReadyCheck = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
+    let bound = common::telemetry::serve(addr, handle, ready, stop.clone()).await?;
+    info!(message = "Serving /metrics, /healthz and /readyz.", addr = %bound);
+    Ok(())
 }
 
 /// How often the progress bar is redrawn.

@@ -75,17 +75,8 @@ fn watermarks(
 
 /// A consumer that never subscribes: metadata, watermarks and group listings only.
 async fn admin_consumer(config: &Config) -> Result<(AdminConsumer, Vec<i32>), Error> {
-    let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    let partitions =
-        common::kafka::check_reachable(&client, &config.topic, config.connect_timeout).await?;
-    let Some(count) = partitions else {
-        return Err(Error::NoTopic {
-            topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
-            hint: "",
-        });
-    };
-    let mut client = client;
+    let mut client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let count = crate::source::require_topic(&client, config, &config.topic, "").await?;
     client
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false");

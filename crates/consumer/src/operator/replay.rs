@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -63,16 +63,7 @@ pub(super) async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error>
         .unwrap_or_else(|| config.topic.clone());
     let (mut client, table) = lock_table(config).await?;
     let kafka = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
-    if common::kafka::check_reachable(&kafka, &topic, config.connect_timeout)
-        .await?
-        .is_none()
-    {
-        return Err(Error::NoTopic {
-            topic,
-            brokers: config.brokers.clone(),
-            hint: "",
-        });
-    }
+    crate::source::require_topic(&kafka, config, &topic, "").await?;
     let timeout = config.connect_timeout.max(Duration::from_secs(10));
     settle_pending(&mut client, &table, &kafka, timeout).await?;
     let selected = select(&client, &table, args).await?;
@@ -410,14 +401,8 @@ fn start_positions(
 
 /// The dead-letter id a message carries, if it was published by `replay`.
 fn replayed_id(headers: &rdkafka::message::BorrowedHeaders, replay: &str) -> Option<i64> {
-    let ours = headers
-        .iter()
-        .any(|h| h.key == REPLAY_HEADER && h.value == Some(replay.as_bytes()));
-    if !ours {
+    if dead_letter::header(headers, REPLAY_HEADER) != Some(replay.as_bytes()) {
         return None;
     }
-    headers
-        .iter()
-        .find(|h| h.key == DEAD_LETTER_HEADER)
-        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+    dead_letter::parse_header(dead_letter::header(headers, DEAD_LETTER_HEADER))
 }

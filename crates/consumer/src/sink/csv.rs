@@ -161,18 +161,6 @@ impl CsvSink {
         let _ = fs::remove_file(&staged.path);
     }
 
-    /// Deletes whatever this instance still has staged (after a failed commit whose
-    /// batch will be read again).
-    pub fn discard_all(&self) {
-        if let Ok(entries) = fs::read_dir(&self.staging) {
-            for e in entries.flatten() {
-                if e.file_name() != LOCK {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-
     /// Finds the staging directories of processes that are gone (their lock is
     /// free), locking each so that no other process resolves it at the same time.
     pub fn orphans(&self) -> Result<Orphans, CsvError> {

@@ -45,15 +45,6 @@ impl From<tokio_postgres::Error> for PgError {
 }
 
 impl PgError {
-    /// The SQLSTATE the server answered with, if it answered.
-    pub fn code(&self) -> Option<&SqlState> {
-        match self {
-            PgError::Db(c) | PgError::Url(c) => c.0.code(),
-            PgError::Connect { cause, .. } => cause.code(),
-            _ => None,
-        }
-    }
-
     /// What the failure means for the batch.
     pub fn fault(&self) -> Fault {
         match self {

@@ -73,6 +73,29 @@ pub struct Target {
     pub topic: String,
 }
 
+impl Target {
+    /// The table's column names, quoted.
+    pub fn quoted_columns(&self) -> Vec<String> {
+        self.columns.iter().map(|c| quote_ident(&c.name)).collect()
+    }
+
+    /// The binary COPY into this session's staging table (the columns, then `__ord`).
+    pub fn copy_sql(&self) -> String {
+        format!(
+            "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
+            self.quoted_columns().join(", ")
+        )
+    }
+
+    /// The table's columns as in CREATE TABLE: quoted name and type.
+    fn column_definitions(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
+            .collect()
+    }
+}
+
 /// The consumer's PostgreSQL session: a connection that holds the instance and
 /// group locks, re-established (locks included) when it is lost.
 pub struct PgSink {
@@ -220,15 +243,7 @@ pub async fn copy_rows(
     target: &Target,
     encoded: &Encoded,
 ) -> Result<Vec<Refused>, tokio_postgres::Error> {
-    let copy = format!(
-        "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
-        target
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let copy = target.copy_sql();
     isolate(tx, encoded.rows, async |sp, lo, hi| {
         let sink = sp.copy_in(&copy).await?;
         futures::pin_mut!(sink);
@@ -266,11 +281,7 @@ pub async fn not_written(
     tx: &Transaction<'_>,
     target: &Target,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let cols: Vec<String> = target
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let cols = target.quoted_columns();
     let row = |alias: &str| {
         let qualified: Vec<String> = cols.iter().map(|c| format!("{alias}.{c}")).collect();
         format!("ROW({})", qualified.join(", "))
@@ -343,11 +354,7 @@ pub async fn plan_table(
         )
         .await?;
     if existing.is_empty() {
-        let cols: Vec<String> = target
-            .columns
-            .iter()
-            .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
-            .collect();
+        let cols = target.column_definitions();
         return Ok(vec![format!(
             "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
             target.table,
@@ -419,7 +426,7 @@ pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, S
 /// last row per key of the batch winning, and a stored row replaced only when the
 /// [`Guard`] allows. Public for the benchmark, which measures it on its own.
 pub fn upsert_sql(t: &Target) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols = t.quoted_columns();
     let list = cols.join(", ");
     let updates: Vec<String> = cols
         .iter()
@@ -458,11 +465,7 @@ pub fn upsert_sql(t: &Target) -> String {
 
 /// The per-connection staging table; its rows vanish at each commit.
 async fn stage_table(client: &Client, t: &Target) -> Result<(), PgError> {
-    let cols: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
-        .collect();
+    let cols = t.column_definitions();
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS pg_temp.pipeline_stage;
@@ -555,7 +558,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
-fn unquote(quoted: &str) -> String {
+/// An identifier as it was before [`quote_ident`].
+pub(crate) fn unquote(quoted: &str) -> String {
     quoted
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
