@@ -1,7 +1,7 @@
 # Builds both binaries once; `docker compose` runs them from the small runtime image.
 FROM rust:1.95-slim-bookworm AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential perl python3 pkg-config \
+    && apt-get install -y --no-install-recommends build-essential perl python3 pkg-config libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -13,10 +13,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --create-home pipeline
 COPY --from=build /usr/local/bin/producer /usr/local/bin/consumer /usr/local/bin/
+COPY scripts/container/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+COPY scripts/container/healthcheck.sh /usr/local/bin/healthcheck
+# Non-root by default; started as root (docker compose), the entrypoint runs the program
+# as the owner of the output directory instead.
+ENTRYPOINT ["docker-entrypoint.sh"]
 USER pipeline
 WORKDIR /home/pipeline
 CMD ["consumer"]

@@ -121,7 +121,7 @@ impl Run<'_> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let bin_dir = binaries(&config)?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let kafka = common::kafka::client_config(&config.brokers, &[])?;
+    let kafka = common::kafka::client_config(&config.brokers, &Default::default(), &[])?;
     common::kafka::check_reachable(&kafka, "__bench_probe", Duration::from_secs(10)).await?;
     let db = format!("bench_{id}");
     let work = std::env::temp_dir().join(format!("users-pipeline-bench-{id}"));

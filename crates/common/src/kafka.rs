@@ -6,13 +6,16 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use std::sync::Mutex;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::Error;
+use crate::security::Security;
 
 /// Parses a `KEY=VALUE` librdkafka option given with `-X`.
 pub fn parse_option(s: &str) -> Result<(String, String), Error> {
@@ -22,11 +25,16 @@ pub fn parse_option(s: &str) -> Result<(String, String), Error> {
     }
 }
 
-/// A client configuration for `brokers` with the user's `-X` options applied last,
-/// so they can override anything the program sets.
-pub fn client_config(brokers: &str, options: &[String]) -> Result<ClientConfig, Error> {
+/// A client configuration for `brokers` with the security settings, then the
+/// user's `-X` options applied last, so they can override anything the program sets.
+pub fn client_config(
+    brokers: &str,
+    security: &Security,
+    options: &[String],
+) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
+    security.apply(&mut config)?;
     for option in options {
         let (k, v) = parse_option(option)?;
         config.set(k, v);
@@ -62,18 +70,23 @@ fn check_reachable_blocking(
         timeout,
         reason,
     };
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<Probe> = config
         .clone()
         .set(
             "socket.connection.setup.timeout.ms",
             timeout.as_millis().to_string(),
         )
-        .create()
+        .create_with_context(Probe::default())
         .map_err(|e| Error::Config(e.to_string()))?;
     // Asking for all topics avoids an auto-creation side effect on brokers that do it.
-    let metadata = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| unreachable(e.to_string()))?;
+    let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
+        // A failed handshake or login only shows in the error callback; the request
+        // itself just times out. Say what the client saw.
+        match consumer.context().last_error() {
+            Some(seen) => unreachable(format!("{e}; the client reported: {seen}")),
+            None => unreachable(e.to_string()),
+        }
+    })?;
     if metadata.brokers().is_empty() {
         return Err(unreachable("the cluster reported no brokers".into()));
     }
@@ -82,6 +95,70 @@ fn check_reachable_blocking(
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().len()))
+}
+
+/// A client context that keeps the last error librdkafka reported, so a probe
+/// that fails can say why (an authentication or TLS failure, not just a timeout).
+#[derive(Default)]
+struct Probe {
+    last: Mutex<Option<String>>,
+}
+
+impl Probe {
+    fn last_error(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+impl ClientContext for Probe {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(describe_client_error(&error, reason));
+        }
+    }
+}
+
+impl ConsumerContext for Probe {}
+
+/// A client error as one line: the error and librdkafka's detail, without
+/// repeating it.
+pub fn describe_client_error(error: &KafkaError, reason: &str) -> String {
+    let text = error.to_string();
+    if reason.is_empty() || text.contains(reason) {
+        text
+    } else {
+        format!("{text}: {reason}")
+    }
+}
+
+/// Whether a client error will heal by waiting. Unhealable: an unsupported or
+/// corrupt compression, a record batch that cannot be parsed, a refused
+/// authorization or login, a certificate that does not verify, a fatal client
+/// state. Everything else (a broker down, a leader moving, a timeout) is retried by
+/// librdkafka and heals when the cluster does.
+pub fn permanent(code: RDKafkaErrorCode, reason: &str) -> bool {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::NotImplemented
+        | C::BadCompression
+        | C::UnsupportedCompressionType
+        | C::BadMessage
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication
+        | C::UnsupportedVersion
+        | C::InvalidGroupId
+        | C::Fatal => true,
+        // Handshakes also fail on a reset connection; a certificate that does not
+        // verify fails the same way on every attempt.
+        C::SSL => {
+            let r = reason.to_ascii_lowercase();
+            r.contains("certificate verify failed") || r.contains("wrong version number")
+        }
+        _ => false,
+    }
 }
 
 /// Creates `topic` unless it exists. Some brokers (tansu among them) never
@@ -129,8 +206,42 @@ mod tests {
     }
 
     #[test]
+    fn only_errors_that_cannot_heal_are_permanent() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::NotImplemented,
+            C::BadCompression,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::Authentication,
+            C::SaslAuthenticationFailed,
+        ] {
+            assert!(permanent(code, ""), "{code:?}");
+        }
+        for code in [
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::OperationTimedOut,
+            C::NotLeaderForPartition,
+            C::UnknownTopicOrPartition,
+        ] {
+            assert!(!permanent(code, ""), "{code:?}");
+        }
+        assert!(permanent(
+            C::SSL,
+            "SSL handshake failed: ssl/statem/statem_clnt.c:1889: error:0A000086:SSL routines::certificate verify failed"
+        ));
+        assert!(!permanent(C::SSL, "SSL handshake failed: Disconnected"));
+    }
+
+    #[test]
     fn user_options_come_last() {
-        let c = client_config("b:1", &["bootstrap.servers=c:2".into()]).unwrap();
+        let c = client_config(
+            "b:1",
+            &Security::default(),
+            &["bootstrap.servers=c:2".into()],
+        )
+        .unwrap();
         assert_eq!(c.get("bootstrap.servers"), Some("c:2"));
     }
 }

@@ -5,11 +5,14 @@
 //! - [`cli`]: log set-up (`--log-format text|json`) and the shutdown signal.
 //! - [`kafka`]: client configuration, a bounded broker reachability check and topic
 //!   creation through the admin API.
+//! - [`security`]: TLS and SASL flags for secured clusters, and secrets that never
+//!   show (passwords in URLs and flags).
 //! - [`telemetry`]: `/metrics`, `/healthz` and `/readyz` for operators.
 
 pub mod backoff;
 pub mod cli;
 pub mod kafka;
+pub mod security;
 pub mod telemetry;
 
 /// Errors of the shared Kafka helpers.
@@ -29,4 +32,6 @@ pub enum Error {
     CreateTopic { topic: String, reason: String },
     #[error("{0}")]
     Telemetry(String),
+    #[error("Kafka security settings: {0}")]
+    Security(String),
 }

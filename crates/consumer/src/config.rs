@@ -68,11 +68,14 @@ pub struct Config {
     pub group: String,
 
     /// PostgreSQL connection URL. The database is created if it is missing and the
-    /// server allows it.
+    /// server allows it. TLS as in libpq: `?sslmode=disable|prefer|require|verify-ca|
+    /// verify-full` (default prefer) and `sslrootcert`, `sslcert`, `sslkey`. Keep a
+    /// password out of the flag (visible in `ps`): use the env var.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@localhost:5432/userdb",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
@@ -156,6 +159,10 @@ pub struct Config {
     #[arg(long, env = "MAX_RETRY_BACKOFF", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub max_retry_backoff: Duration,
+
+    /// TLS and SASL to Kafka.
+    #[command(flatten)]
+    pub security: common::security::Security,
 
     /// Extra librdkafka options, `-X key=value` (repeatable; `,`-separated in the env var).
     #[arg(

@@ -301,7 +301,8 @@ async fn ask_offsets(
     config: &Config,
     partitions: Vec<i32>,
 ) -> Result<HashMap<i32, (i64, i64)>, Error> {
-    let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let client =
+        common::kafka::client_config(&config.brokers, &config.security, &config.kafka_options)?;
     let (topic, timeout) = (config.topic.clone(), config.connect_timeout);
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client.create().map_err(Error::kafka("offset lookup"))?;

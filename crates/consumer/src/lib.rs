@@ -72,6 +72,15 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A consume error that waiting cannot heal: nothing of what follows can be
+    /// read until an operator acts.
+    #[error(
+        "Kafka: cannot go on reading {topic:?}: {reason}. Nothing after the stored offsets \
+         was written; fix the cause (credentials, ACLs, certificates, a client without \
+         the codec) and start again, or skip a corrupt record batch with `consumer \
+         reset-offsets`"
+    )]
+    KafkaPermanent { topic: String, reason: String },
     #[error("transform SQL does not plan: {0}")]
     Transform(#[from] transform::TransformError),
     #[error(transparent)]

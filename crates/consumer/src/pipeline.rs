@@ -159,7 +159,8 @@ fn replayed_rank(headers: &rdkafka::message::BorrowedHeaders) -> Option<(i32, i6
 /// Fails fast (within `--connect-timeout`) when the brokers cannot be reached or
 /// the topic does not exist.
 async fn check_topic(config: &Config) -> Result<(), Error> {
-    let probe = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let probe =
+        common::kafka::client_config(&config.brokers, &config.security, &config.kafka_options)?;
     let hint = " (the producer creates it; or create it with --partitions)";
     source::require_topic(&probe, config, &config.topic, hint).await?;
     Ok(())
@@ -214,6 +215,12 @@ impl LoopState<'_> {
         loop {
             if stop.is_cancelled() {
                 return Ok(());
+            }
+            if let Some(reason) = self.consumer.context().permanent_error() {
+                return Err(Error::KafkaPermanent {
+                    topic: self.config.topic.clone(),
+                    reason,
+                });
             }
             if self.sync_generation() {
                 batch = Collecting::new();
@@ -304,6 +311,12 @@ impl LoopState<'_> {
             }
             Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
                 return Err(Error::kafka("fatal consumer error")(e));
+            }
+            Err(KafkaError::MessageConsumption(code)) if common::kafka::permanent(code, "") => {
+                return Err(Error::KafkaPermanent {
+                    topic: self.config.topic.clone(),
+                    reason: code.to_string(),
+                });
             }
             Err(e) => {
                 // Transport errors and the like: librdkafka retries by itself.

@@ -23,7 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, StartingOffsets};
 use crate::ledger;
@@ -55,7 +55,7 @@ pub struct OffsetOracle {
 impl OffsetOracle {
     /// Starts the lookup thread with its own runtime and connection.
     pub fn start(
-        pg: tokio_postgres::Config,
+        pg: crate::sink::postgres::Endpoint,
         group: String,
         topic: String,
         timeout: Duration,
@@ -117,6 +117,9 @@ pub struct PipelineContext {
     stop: CancellationToken,
     retry: Duration,
     assignment: Mutex<Assignment>,
+    /// The first client error that waiting cannot heal (a failed login, a
+    /// certificate that does not verify): the loop stops with it.
+    permanent: Mutex<Option<String>>,
 }
 
 impl PipelineContext {
@@ -134,7 +137,13 @@ impl PipelineContext {
             stop,
             retry,
             assignment: Mutex::new(Assignment::default()),
+            permanent: Mutex::new(None),
         }
+    }
+
+    /// The client error that waiting cannot heal, if librdkafka reported one.
+    pub fn permanent_error(&self) -> Option<String> {
+        self.permanent.lock().ok().and_then(|p| p.clone())
     }
 
     /// The current assignment.
@@ -191,6 +200,13 @@ impl ClientContext for PipelineContext {
             // End of partition is news, not an error (`enable.partition.eof`).
             Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
                 debug!(message = "Reached the end of a partition.", detail = %reason);
+            }
+            Some(code) if common::kafka::permanent(code, reason) => {
+                let line = common::kafka::describe_client_error(&error, reason);
+                error!(message = "Kafka client error that waiting cannot heal; stopping.", error = %line);
+                if let Ok(mut p) = self.permanent.lock() {
+                    p.get_or_insert(line);
+                }
             }
             _ => warn!(message = "Kafka client error.", error = %error, detail = %reason),
         }
@@ -269,7 +285,7 @@ impl ConsumerContext for PipelineContext {
 
 /// Creates the group consumer, subscribed to the topic.
 pub fn create(config: &Config, context: PipelineContext) -> Result<KafkaConsumer, crate::Error> {
-    let mut client = common::kafka::client_config(&config.brokers, &[])?;
+    let mut client = common::kafka::client_config(&config.brokers, &config.security, &[])?;
     client
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")

@@ -134,7 +134,7 @@ impl Metrics {
 /// waits behind a batch).
 pub struct Readiness {
     assigned: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    postgres: tokio_postgres::Config,
+    postgres: crate::sink::postgres::Endpoint,
     client: std::sync::Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 

@@ -34,9 +34,11 @@ pub struct Config {
     #[arg(long, env = "PRODUCER_RATE", default_value_t = 0.0)]
     pub rate: f64,
 
-    /// Seed of the synthetic source: the same seed gives the same events.
-    #[arg(long, env = "PRODUCER_SEED", default_value_t = 42)]
-    pub seed: u64,
+    /// Seed of the synthetic source: the same seed gives the same events. Unset, a
+    /// new seed is drawn on every start (and logged), so a restarted producer
+    /// publishes new users rather than the same ones again.
+    #[arg(long, env = "PRODUCER_SEED")]
+    pub seed: Option<u64>,
 
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
@@ -54,9 +56,9 @@ pub struct Config {
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i32,
 
-    /// Compression codec: none, gzip, snappy, lz4 or zstd.
-    #[arg(long, env = "PRODUCER_COMPRESSION", default_value = "lz4")]
-    pub compression: String,
+    /// Compression codec of the record batches: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, env = "PRODUCER_COMPRESSION", value_enum, default_value = "lz4")]
+    pub compression: Compression,
 
     /// How long to wait for the brokers to answer at start-up before giving up.
     #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", default_value = "10s",
@@ -73,8 +75,12 @@ pub struct Config {
           value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
 
+    /// TLS and SASL to Kafka.
+    #[command(flatten)]
+    pub security: common::security::Security,
+
     /// Extra librdkafka options, `-X key=value` (repeatable; `,`-separated in the env
-    /// var), e.g. `-X security.protocol=SASL_SSL`.
+    /// var), e.g. `-X ssl.endpoint.identification.algorithm=none`.
     #[arg(
         short = 'X',
         long = "kafka-option",
@@ -124,6 +130,30 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A record batch codec (librdkafka's `compression.type`); the client is built
+/// with all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// librdkafka's name of the codec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Progress {
@@ -143,7 +173,9 @@ impl Config {
     /// The parsed `--source`.
     pub fn source(&self) -> Result<Source, Error> {
         match self.source.as_slice() {
-            [kind] if kind == "synthetic" => Ok(Source::Synthetic { seed: self.seed }),
+            [kind] if kind == "synthetic" => Ok(Source::Synthetic {
+                seed: self.seed.unwrap_or_else(rand::random),
+            }),
             [kind] if kind == "randomuser" => Ok(Source::RandomUser {
                 url: self.randomuser_url.clone(),
                 batch: self.randomuser_batch.max(1),
@@ -192,9 +224,17 @@ mod tests {
     #[test]
     fn sources_parse() {
         assert!(matches!(
-            parse(&[]).source(),
+            parse(&["--seed", "42"]).source(),
             Ok(Source::Synthetic { seed: 42 })
         ));
+        // Unset, every start draws its own seed.
+        let seeds: std::collections::HashSet<u64> = (0..4)
+            .map(|_| match parse(&[]).source() {
+                Ok(Source::Synthetic { seed }) => seed,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(seeds.len() > 1, "{seeds:?}");
         assert!(matches!(
             parse(&["--source", "file", "/tmp/x.ndjson"]).source(),
             Ok(Source::File { path, .. }) if path.to_str() == Some("/tmp/x.ndjson")

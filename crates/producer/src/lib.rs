@@ -56,7 +56,8 @@ pub enum Error {
 /// `shutdown` resolves; then flushes what is in flight and reports.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
     let source = config.source()?;
-    let client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let client =
+        common::kafka::client_config(&config.brokers, &config.security, &config.kafka_options)?;
     ensure_topic(&client, &config).await?;
     let stop_telemetry = tokio_util::sync::CancellationToken::new();
     let _stop_guard = stop_telemetry.clone().drop_guard();

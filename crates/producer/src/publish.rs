@@ -75,7 +75,7 @@ impl Publisher {
         client
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", &config.compression)
+            .set("compression.type", config.compression.name())
             .set("linger.ms", "5")
             .set("batch.size", "1000000")
             .set("queue.buffering.max.messages", "500000")

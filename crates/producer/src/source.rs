@@ -47,6 +47,7 @@ impl Source {
     pub async fn feed(self, tx: Sender<Vec<UserEvent>>) -> Result<SourceStats, Error> {
         match self {
             Source::Synthetic { seed } => {
+                tracing::info!(message = "Synthetic events.", seed, repeat_with = %format!("--seed {seed}"));
                 let mut generator = Generator::new(seed);
                 loop {
                     let chunk: Vec<UserEvent> = generator.by_ref().take(CHUNK).collect();

@@ -44,7 +44,7 @@ pub async fn create_topic(name: &str, partitions: i32) {
 
 /// Creates a topic on the given brokers.
 pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
-    let config = common::kafka::client_config(brokers, &[]).unwrap();
+    let config = common::kafka::client_config(brokers, &Default::default(), &[]).unwrap();
     let created =
         common::kafka::ensure_topic(&config, name, partitions, 1, Duration::from_secs(10))
             .await
@@ -63,8 +63,21 @@ pub async fn produce(topic: &str, records: &[Record], partition: Option<i32>) {
 
 /// Like [`produce`], on the given brokers.
 pub async fn produce_on(brokers: &str, topic: &str, records: &[Record], partition: Option<i32>) {
+    produce_compressed(brokers, topic, records, partition, "none").await;
+}
+
+/// Like [`produce_on`], with the record batches compressed with `codec`
+/// (librdkafka's `compression.codec`: none, gzip, snappy, lz4, zstd).
+pub async fn produce_compressed(
+    brokers: &str,
+    topic: &str,
+    records: &[Record],
+    partition: Option<i32>,
+    codec: &str,
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("compression.codec", codec)
         .set("message.timeout.ms", "120000")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")

@@ -75,7 +75,8 @@ fn watermarks(
 
 /// A consumer that never subscribes: metadata, watermarks and group listings only.
 async fn admin_consumer(config: &Config) -> Result<(AdminConsumer, Vec<i32>), Error> {
-    let mut client = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let mut client =
+        common::kafka::client_config(&config.brokers, &config.security, &config.kafka_options)?;
     let count = crate::source::require_topic(&client, config, &config.topic, "").await?;
     client
         .set("group.id", &config.group)

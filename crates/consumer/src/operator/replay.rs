@@ -62,7 +62,8 @@ pub(super) async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error>
         .clone()
         .unwrap_or_else(|| config.topic.clone());
     let (mut client, table) = lock_table(config).await?;
-    let kafka = common::kafka::client_config(&config.brokers, &config.kafka_options)?;
+    let kafka =
+        common::kafka::client_config(&config.brokers, &config.security, &config.kafka_options)?;
     crate::source::require_topic(&kafka, config, &topic, "").await?;
     let timeout = config.connect_timeout.max(Duration::from_secs(10));
     settle_pending(&mut client, &table, &kafka, timeout).await?;

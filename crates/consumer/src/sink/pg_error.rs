@@ -29,7 +29,7 @@ pub enum PgError {
         cause: ConnectError,
     },
     #[error("invalid --database-url: {0}")]
-    Url(#[source] PgCause),
+    Url(String),
     #[error("table {table}: {reason}")]
     Schema { table: String, reason: String },
     #[error("PostgreSQL: {0}")]
@@ -155,6 +155,8 @@ pub enum ConnectError {
     Timeout(Duration),
     /// The connection closed and none could be made in its place.
     Closed,
+    /// The TLS handshake failed: which check refused the server, in words.
+    Tls(String),
 }
 
 impl ConnectError {
@@ -172,6 +174,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Pg(e) => f.write_str(&reason(e)),
             ConnectError::Timeout(t) => write!(f, "no answer within {t:?}"),
             ConnectError::Closed => f.write_str("the connection is closed"),
+            ConnectError::Tls(why) => f.write_str(why),
         }
     }
 }

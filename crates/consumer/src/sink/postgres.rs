@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::copy::Encoded;
 pub use super::pg_error::{ConnectError, Fault, PgCause, PgError, fault, fault_of, reason};
+pub use super::pg_tls::Endpoint;
 use super::{Column, quote_ident};
 use crate::dead_letter::RANK_COLUMNS;
 use crate::ledger::{self, locks};
@@ -100,7 +101,7 @@ impl Target {
 /// group locks, re-established (locks included) when it is lost.
 pub struct PgSink {
     instance: Uuid,
-    config: tokio_postgres::Config,
+    config: Endpoint,
     client: Option<Client>,
     target: Target,
     display: String,
@@ -411,7 +412,7 @@ pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, S
     let display = describe(&config);
     let client = connect(&config, timeout).await.map_err(|e| {
         if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
-            PgError::NoDatabase(config.get_dbname().unwrap_or_default().to_string())
+            PgError::NoDatabase(config.config.get_dbname().unwrap_or_default().to_string())
         } else {
             PgError::Connect {
                 target: display.clone(),
@@ -493,29 +494,26 @@ async fn lock_session(client: &Client, instance: Uuid, group: &str) -> Result<()
     Ok(())
 }
 
-async fn connect(
-    config: &tokio_postgres::Config,
-    timeout: Duration,
-) -> Result<Client, ConnectError> {
-    let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await {
-        Ok(r) => r.map_err(ConnectError::Pg)?,
-        Err(_) => return Err(ConnectError::Timeout(timeout)),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!(message = "PostgreSQL connection closed.", error = %reason(&e));
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Client, ConnectError> {
+    fn closed(e: tokio_postgres::Error) {
+        warn!(message = "PostgreSQL connection closed.", error = %reason(&e));
+    }
+    match tokio::time::timeout(timeout, endpoint.connect(closed)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            let host = describe_host(&endpoint.config);
+            match endpoint.tls.explain(&reason(&e), &host) {
+                Some(explained) => Err(ConnectError::Tls(explained)),
+                None => Err(ConnectError::Pg(e)),
+            }
         }
-    });
-    Ok(client)
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
 }
 
-async fn create_database(
-    config: &tokio_postgres::Config,
-    timeout: Duration,
-) -> Result<(), PgError> {
-    let name = config.get_dbname().unwrap_or("postgres").to_string();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
+async fn create_database(config: &Endpoint, timeout: Duration) -> Result<(), PgError> {
+    let name = config.config.get_dbname().unwrap_or("postgres").to_string();
+    let admin = config.with_dbname("postgres");
     let client = connect(&admin, timeout)
         .await
         .map_err(|cause| PgError::CreateDatabase {
@@ -540,8 +538,20 @@ async fn create_database(
     }
 }
 
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = config
+/// `user@host:port/db` (never the password) for messages.
+fn describe(endpoint: &Endpoint) -> String {
+    let config = &endpoint.config;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{port}/{}",
+        config.get_user().unwrap_or("?"),
+        describe_host(config),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+fn describe_host(config: &tokio_postgres::Config) -> String {
+    config
         .get_hosts()
         .first()
         .map(|h| match h {
@@ -549,13 +559,7 @@ fn describe(config: &tokio_postgres::Config) -> String {
             #[cfg(unix)]
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{host}:{port}/{}",
-        config.get_user().unwrap_or("?"),
-        config.get_dbname().unwrap_or("?")
-    )
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// An identifier as it was before [`quote_ident`].
@@ -568,17 +572,14 @@ pub(crate) fn unquote(quoted: &str) -> String {
 }
 
 /// Connects without any of the start-up work (for the offset lookup thread).
-pub(crate) async fn connect_plain(
-    config: &tokio_postgres::Config,
-    timeout: Duration,
-) -> Result<Client, String> {
+pub(crate) async fn connect_plain(config: &Endpoint, timeout: Duration) -> Result<Client, String> {
     connect(config, timeout).await.map_err(|e| e.to_string())
 }
 
 /// Parses `--database-url` the way the sink does.
-pub fn parse_url(url: &str, timeout: Duration) -> Result<tokio_postgres::Config, PgError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Url(PgCause(e)))?;
-    config.connect_timeout(timeout);
-    config.application_name("users-pipeline-consumer");
-    Ok(config)
+pub fn parse_url(url: &str, timeout: Duration) -> Result<Endpoint, PgError> {
+    let mut endpoint = Endpoint::parse(url).map_err(PgError::Url)?;
+    endpoint.config.connect_timeout(timeout);
+    endpoint.config.application_name("users-pipeline-consumer");
+    Ok(endpoint)
 }

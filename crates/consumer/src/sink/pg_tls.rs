@@ -1,0 +1,472 @@
+//! TLS to PostgreSQL, decided the way libpq decides it.
+//!
+//! tokio-postgres knows only `sslmode=disable|prefer|require` and refuses the
+//! parameters every managed PostgreSQL documents (`verify-ca`, `verify-full`,
+//! `sslrootcert`, `sslcert`, `sslkey`). So the connection string is split here: the
+//! TLS parameters are taken off and decided by [`TlsSettings`], the rest goes to the
+//! driver. The modes mean what they mean to libpq:
+//!
+//! | sslmode | encrypted | certificate checked | host name checked |
+//! |---|---|---|---|
+//! | `disable` | no | - | - |
+//! | `prefer` (default) | if the server offers it | no | no |
+//! | `require` | yes | only when a root certificate is given (as libpq) | no |
+//! | `verify-ca` | yes | yes | no |
+//! | `verify-full` | yes | yes | yes |
+//!
+//! The root certificates are `sslrootcert=FILE` (PEM, one or more), else
+//! `~/.postgresql/root.crt` when it exists (libpq's default), else the system's
+//! trust store (what libpq 16 calls `sslrootcert=system`; libpq itself would refuse).
+//! `sslcert` and `sslkey` (PEM, PKCS#8 key) give a client certificate.
+
+use std::path::{Path, PathBuf};
+
+use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::config::SslMode as DriverMode;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            "allow" => {
+                return Err("sslmode=allow is not supported: use prefer (TLS when the \
+                            server offers it) or disable"
+                    .into());
+            }
+            other => {
+                return Err(format!(
+                    "unknown sslmode={other:?}: expected disable, prefer, require, \
+                     verify-ca or verify-full"
+                ));
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where the root certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roots {
+    /// A PEM file (`sslrootcert=FILE`, or `~/.postgresql/root.crt`).
+    File(PathBuf),
+    /// The system's trust store (`sslrootcert=system`, or no file at all).
+    System,
+}
+
+/// The TLS parameters of a connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    /// `sslrootcert` as given.
+    pub root_cert: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// The parameters taken off the connection string.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Splits the TLS parameters off a connection string (URL or `key=value` form):
+/// returns what the driver is given and the TLS settings.
+pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if TLS_KEYS.contains(&k) {
+                found.push((k.to_string(), percent_decode(v)?));
+            } else {
+                kept.push(pair);
+            }
+        }
+        if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        }
+    } else {
+        let mut kept = Vec::new();
+        for word in url.split_whitespace() {
+            match word.split_once('=') {
+                Some((k, v)) if TLS_KEYS.contains(&k.trim()) => {
+                    found.push((k.trim().to_string(), v.trim_matches('\'').to_string()));
+                }
+                _ => kept.push(word),
+            }
+        }
+        kept.join(" ")
+    };
+    let mut settings = TlsSettings {
+        mode: SslMode::Prefer,
+        root_cert: None,
+        client_cert: None,
+        client_key: None,
+    };
+    for (k, v) in found {
+        match k.as_str() {
+            "sslmode" => settings.mode = SslMode::parse(&v)?,
+            "sslrootcert" => settings.root_cert = Some(v),
+            "sslcert" => settings.client_cert = Some(PathBuf::from(v)),
+            _ => settings.client_key = Some(PathBuf::from(v)),
+        }
+    }
+    if settings.client_cert.is_some() != settings.client_key.is_some() {
+        return Err("sslcert and sslkey go together: give both or neither".into());
+    }
+    Ok((rest, settings))
+}
+
+fn percent_decode(value: &str) -> Result<String, String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-encoding in {value:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{value:?} is not UTF-8 once decoded"))
+}
+
+impl TlsSettings {
+    /// The driver's own mode: whether TLS is attempted and whether it is required.
+    pub fn driver_mode(&self) -> DriverMode {
+        match self.mode {
+            SslMode::Disable => DriverMode::Disable,
+            SslMode::Prefer => DriverMode::Prefer,
+            _ => DriverMode::Require,
+        }
+    }
+
+    /// Where the root certificates come from; `home` is the user's home directory.
+    pub fn roots(&self, home: Option<&Path>) -> Roots {
+        match self.root_cert.as_deref() {
+            Some("system") => Roots::System,
+            Some(file) => Roots::File(PathBuf::from(file)),
+            None => match home.map(|h| h.join(".postgresql/root.crt")) {
+                Some(default) if default.is_file() => Roots::File(default),
+                _ => Roots::System,
+            },
+        }
+    }
+
+    /// What is checked of the server's certificate: (chain, host name). libpq's
+    /// `require` checks the chain when a root certificate file is there.
+    pub fn checks(&self, roots: &Roots) -> (bool, bool) {
+        match self.mode {
+            SslMode::Disable | SslMode::Prefer => (false, false),
+            SslMode::Require => (matches!(roots, Roots::File(_)), false),
+            SslMode::VerifyCa => (true, false),
+            SslMode::VerifyFull => (true, true),
+        }
+    }
+
+    /// The TLS connector, or `None` with `sslmode=disable`. Fails with a one-line
+    /// reason naming the file that cannot be read.
+    pub fn connector(&self) -> Result<Option<MakeTlsConnector>, String> {
+        if self.mode == SslMode::Disable {
+            return Ok(None);
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let roots = self.roots(home.as_deref());
+        let (chain, host) = self.checks(&roots);
+        let mut builder = native_tls::TlsConnector::builder();
+        builder
+            .danger_accept_invalid_certs(!chain)
+            .danger_accept_invalid_hostnames(!host);
+        if let (true, Roots::File(file)) = (chain, &roots) {
+            let pem = read(file, "sslrootcert")?;
+            let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
+                format!("sslrootcert={}: not PEM certificates: {e}", file.display())
+            })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "sslrootcert={}: no certificate in it",
+                    file.display()
+                ));
+            }
+            builder.disable_built_in_roots(true);
+            for cert in certs {
+                builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let identity =
+                native_tls::Identity::from_pkcs8(&read(cert, "sslcert")?, &read(key, "sslkey")?)
+                    .map_err(|e| {
+                        format!("sslcert/sslkey: not a PEM certificate and PKCS#8 key: {e}")
+                    })?;
+            builder.identity(identity);
+        }
+        let connector = builder
+            .build()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        Ok(Some(MakeTlsConnector::new(connector)))
+    }
+
+    /// A failed handshake in words a user can act on: which check refused the
+    /// server, and what the settings were. `None` when `error` is not about TLS.
+    pub fn explain(&self, error: &str, host: &str) -> Option<String> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let roots = match self.roots(home.as_deref()) {
+            Roots::File(f) => format!("sslrootcert={}", f.display()),
+            Roots::System => "the system's trust store".to_string(),
+        };
+        let mode = self.mode.name();
+        let lower = error.to_ascii_lowercase();
+        if lower.contains("hostname mismatch") || lower.contains("ip address mismatch") {
+            Some(format!(
+                "TLS: the server's certificate is not for host {host:?} (sslmode={mode} checks \
+                 the host name; connect by a name the certificate lists, or use verify-ca)"
+            ))
+        } else if lower.contains("certificate verify failed") {
+            let detail = error
+                .rsplit_once('(')
+                .map(|(_, d)| d.trim_end_matches(')').trim())
+                .unwrap_or("verification failed");
+            Some(format!(
+                "TLS: the server's certificate is not signed by a CA in {roots} \
+                 (sslmode={mode}; {detail})"
+            ))
+        } else if lower.contains("server does not support tls") {
+            Some(format!(
+                "TLS: the server does not accept TLS and sslmode={mode} requires it \
+                 (use sslmode=prefer or disable, or turn on ssl in the server)"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Where the consumer connects: the driver's configuration and how TLS is done.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub config: tokio_postgres::Config,
+    pub tls: TlsSettings,
+    connector: Option<MakeTlsConnector>,
+}
+
+impl Endpoint {
+    /// Parses a connection string (URL or `key=value` form) with libpq's TLS
+    /// parameters. The error never quotes the string (it may hold a password).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (rest, tls) = split(url)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("{e}"))?;
+        config.ssl_mode(tls.driver_mode());
+        let connector = tls.connector()?;
+        Ok(Self {
+            config,
+            tls,
+            connector,
+        })
+    }
+
+    /// The same server and settings, another database.
+    pub fn with_dbname(&self, name: &str) -> Self {
+        let mut other = self.clone();
+        other.config.dbname(name);
+        other
+    }
+
+    /// Opens a connection, driving it on a task of its own; `on_close` is told why
+    /// the connection ended, if it failed.
+    pub async fn connect(
+        &self,
+        on_close: fn(tokio_postgres::Error),
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        match &self.connector {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        on_close(e);
+                    }
+                });
+                Ok(client)
+            }
+            None => {
+                let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        on_close(e);
+                    }
+                });
+                Ok(client)
+            }
+        }
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what}={}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_off_the_url_and_the_rest_kept() {
+        let (rest, s) = split(
+            "postgres://u:p@db.example.com:6432/app?sslmode=verify-full&application_name=x\
+             &sslrootcert=%2Fetc%2Fca%20b.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            "postgres://u:p@db.example.com:6432/app?application_name=x"
+        );
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        assert_eq!(s.root_cert.as_deref(), Some("/etc/ca b.pem"));
+        let (rest, s) = split("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(
+            (rest.as_str(), s.mode),
+            ("postgres://u@h/db", SslMode::Require)
+        );
+        let (rest, s) = split("host=h dbname=d sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
+        assert_eq!(rest, "host=h dbname=d");
+        assert_eq!(
+            (s.mode, s.root_cert.as_deref()),
+            (SslMode::VerifyCa, Some("/ca.pem"))
+        );
+        // libpq's default.
+        assert_eq!(split("postgres://h/d").unwrap().1.mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn unknown_or_unsupported_modes_and_half_client_certificates_are_refused() {
+        assert!(
+            split("postgres://h/d?sslmode=verify")
+                .unwrap_err()
+                .contains("unknown sslmode")
+        );
+        assert!(
+            split("postgres://h/d?sslmode=allow")
+                .unwrap_err()
+                .contains("use prefer")
+        );
+        assert!(
+            split("postgres://h/d?sslcert=/c.pem")
+                .unwrap_err()
+                .contains("go together")
+        );
+        assert!(
+            split("postgres://h/d?sslrootcert=%zz")
+                .unwrap_err()
+                .contains("percent")
+        );
+    }
+
+    #[test]
+    fn the_modes_check_what_libpq_checks() {
+        let settings = |mode, root: Option<&str>| TlsSettings {
+            mode,
+            root_cert: root.map(str::to_string),
+            client_cert: None,
+            client_key: None,
+        };
+        let file = Roots::File("/ca.pem".into());
+        let s = settings(SslMode::Require, Some("/ca.pem"));
+        assert_eq!(s.roots(None), file);
+        // `require` with a root certificate behaves as `verify-ca`, as in libpq.
+        assert_eq!(s.checks(&file), (true, false));
+        assert_eq!(
+            settings(SslMode::Require, None).checks(&Roots::System),
+            (false, false)
+        );
+        assert_eq!(
+            settings(SslMode::VerifyCa, None).checks(&Roots::System),
+            (true, false)
+        );
+        assert_eq!(
+            settings(SslMode::VerifyFull, None).checks(&file),
+            (true, true)
+        );
+        assert_eq!(
+            settings(SslMode::Prefer, None).driver_mode(),
+            DriverMode::Prefer
+        );
+        assert_eq!(
+            settings(SslMode::VerifyCa, None).driver_mode(),
+            DriverMode::Require
+        );
+        assert_eq!(
+            settings(SslMode::Disable, None).driver_mode(),
+            DriverMode::Disable
+        );
+        assert_eq!(
+            settings(SslMode::VerifyFull, Some("system")).roots(None),
+            Roots::System
+        );
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(
+            settings(SslMode::VerifyFull, None).roots(Some(home.path())),
+            Roots::System
+        );
+        std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+        std::fs::write(home.path().join(".postgresql/root.crt"), "x").unwrap();
+        assert_eq!(
+            settings(SslMode::VerifyFull, None).roots(Some(home.path())),
+            Roots::File(home.path().join(".postgresql/root.crt"))
+        );
+    }
+
+    #[test]
+    fn a_refused_handshake_says_which_check_refused_it() {
+        let s = TlsSettings {
+            mode: SslMode::VerifyFull,
+            root_cert: Some("/ca.pem".into()),
+            client_cert: None,
+            client_key: None,
+        };
+        let host = s
+            .explain("error performing TLS handshake: ... certificate verify failed:../ssl/statem/statem_clnt.c:1889: (Hostname mismatch)", "127.0.0.1")
+            .unwrap();
+        assert!(host.contains("not for host \"127.0.0.1\""), "{host}");
+        let ca = s
+            .explain("error performing TLS handshake: ... certificate verify failed:x.c:1: (unable to get local issuer certificate)", "h")
+            .unwrap();
+        assert!(
+            ca.contains("not signed by a CA in sslrootcert=/ca.pem")
+                && ca.contains("unable to get local issuer certificate"),
+            "{ca}"
+        );
+        assert!(s.explain("connection refused", "h").is_none());
+        let bad = s.connector().err().unwrap();
+        assert!(bad.contains("cannot read sslrootcert=/ca.pem"), "{bad}");
+    }
+}
