@@ -14,16 +14,26 @@ if [ -z "${KAFKA_BROKERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "test.sh: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
 
-# The operations tests start a real Prometheus (Debian package `prometheus`).
-if ! command -v prometheus >/dev/null; then
+# The operations tests start a real Prometheus (Debian package `prometheus`), and the secured
+# tests a TLS proxy (Debian package `stunnel4`). Installed without starting their services
+# (policy-rc.d says no), so nothing is listening that this script would have to stop.
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "test.sh: installing prometheus (Debian package)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
-    # The package starts a system service we do not want listening on :9090.
-    (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus) >/dev/null 2>&1 || true
+    echo "test.sh: installing ${missing[*]} (Debian packages, services not started)" >&2
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+      remove_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+    if [ "${remove_policy:-0}" = 1 ]; then rm -f "$policy"; fi
   else
-    echo "test.sh: the operations tests need the prometheus binary: apt-get install prometheus" >&2
+    echo "test.sh: some tests need ${missing[*]}: apt-get install ${missing[*]}" >&2
   fi
 fi
 

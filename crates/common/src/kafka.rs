@@ -80,8 +80,12 @@ fn check_reachable_blocking(
         .map_err(|e| Error::Config(e.to_string()))?;
     // Asking for all topics avoids an auto-creation side effect on brokers that do it.
     let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
-        // A failed handshake or login only shows in the error callback; the request
-        // itself just times out. Say what the client saw.
+        // A failed handshake or login only shows in the error callback (the request
+        // itself just fails or times out), and callbacks run only when the client is
+        // polled: serve them, then say what the client saw.
+        for _ in 0..5 {
+            let _ = consumer.poll(Duration::from_millis(20));
+        }
         match consumer.context().last_error() {
             Some(seen) => unreachable(format!("{e}; the client reported: {seen}")),
             None => unreachable(e.to_string()),
@@ -97,23 +101,37 @@ fn check_reachable_blocking(
         .map(|t| t.partitions().len()))
 }
 
-/// A client context that keeps the last error librdkafka reported, so a probe
-/// that fails can say why (an authentication or TLS failure, not just a timeout).
+/// A client context that keeps what librdkafka reported, so a probe that fails can
+/// say why (an authentication or TLS failure, not just a timeout).
 #[derive(Default)]
 struct Probe {
-    last: Mutex<Option<String>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The first error that says more than "all brokers are down".
+    specific: Option<String>,
+    last: Option<String>,
 }
 
 impl Probe {
     fn last_error(&self) -> Option<String> {
-        self.last.lock().ok().and_then(|l| l.clone())
+        let seen = self.seen.lock().ok()?;
+        seen.specific.clone().or_else(|| seen.last.clone())
     }
 }
 
 impl ClientContext for Probe {
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(describe_client_error(&error, reason));
+        let line = describe_client_error(&error, reason);
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.specific.is_none()
+                && error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown)
+            {
+                seen.specific = Some(line.clone());
+            }
+            seen.last = Some(line);
         }
     }
 }

@@ -25,18 +25,51 @@ fn scratch(prefix: &str) -> PathBuf {
 /// tansu with its durable sqlite engine on a port of its own.
 pub struct PrivateBroker {
     pub port: u16,
+    /// Where clients are told to connect (a TLS proxy in front, or the broker).
+    advertised: String,
+    /// Clients must log in with SASL (tansu's `--authentication`).
+    authentication: bool,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
     pub fn start() -> Self {
+        let port = testkit::free_port();
+        Self::start_advertising(port, &format!("127.0.0.1:{port}"))
+    }
+
+    /// A broker on `port` that tells clients to connect to `advertised`.
+    pub fn start_advertising(port: u16, advertised: &str) -> Self {
         let mut b = Self {
-            port: testkit::free_port(),
+            port,
+            advertised: advertised.to_string(),
+            authentication: false,
             dir: scratch("tansu"),
             child: None,
         };
         b.launch();
+        b
+    }
+
+    /// A broker that requires SASL, knowing one SCRAM-SHA-512 user. (tansu creates
+    /// users over its own protocol, so the user is made before logins are required.)
+    pub fn start_with_scram_user(user: &str, password: &str) -> Self {
+        let mut b = Self::start();
+        let out = Command::new(tansu_bin())
+            .args(["user", "create", "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", b.port))
+            .args([user, password])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b.authentication = true;
+        // tansu panics when started again within ~2 s of the old process.
+        b.restart(Duration::from_millis(2500));
         b
     }
 
@@ -47,15 +80,20 @@ impl PrivateBroker {
     fn launch(&mut self) {
         let bin = tansu_bin();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.advertised);
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let mut command = Command::new(&bin);
+        command.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+        ]);
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .arg("--storage-engine")
             .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
             // tansu reads sqlite:///abs/path relative to its working directory.
@@ -113,20 +151,29 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
     run_as: Option<String>,
+    /// Server settings given at start (`-c name=value`).
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
     /// A cluster with trust authentication.
     pub fn start() -> Self {
-        Self::init(None)
+        Self::init(None, None)
     }
 
     /// A cluster that requires `password` for the user postgres (scram-sha-256).
     pub fn start_with_password(password: &str) -> Self {
-        Self::init(Some(password))
+        Self::init(Some(password), None)
     }
 
-    fn init(password: Option<&str>) -> Self {
+    /// A cluster that accepts TCP connections only over TLS, with the server
+    /// certificate `server.pem`/`server.key` of `certs` (scripts/make-certs.sh).
+    /// Connections over its Unix socket ([`Self::socket_url`]) need no TLS.
+    pub fn start_with_tls(certs: &Path) -> Self {
+        Self::init(None, Some(certs))
+    }
+
+    fn init(password: Option<&str>, tls: Option<&Path>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries under /usr/lib/postgresql")
             .flatten()
@@ -146,11 +193,12 @@ impl PrivatePostgres {
                     .success()
             );
         }
-        let pg = Self {
+        let mut pg = Self {
             port: testkit::free_port(),
             dir,
             bin,
             run_as,
+            settings: Vec::new(),
         };
         let data = pg.dir.join("data");
         let mut initdb = pg.command("initdb");
@@ -181,8 +229,48 @@ impl PrivatePostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(certs) = tls {
+            pg.require_tls(certs);
+        }
         pg.up();
         pg
+    }
+
+    fn require_tls(&mut self, certs: &Path) {
+        for file in ["server.pem", "server.key"] {
+            let to = self.dir.join(file);
+            std::fs::copy(certs.join(file), &to).unwrap();
+            if let Some(user) = &self.run_as {
+                assert!(
+                    Command::new("chown")
+                        .arg(user)
+                        .arg(&to)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        }
+        let data = self.dir.join("data");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        self.settings = vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", self.dir.join("server.pem").display()),
+            format!("ssl_key_file={}", self.dir.join("server.key").display()),
+        ];
+    }
+
+    /// A URL over the Unix socket (no TLS needed), for the test's own checks.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.display(),
+            self.port
+        )
     }
 
     pub fn url(&self) -> String {
@@ -218,9 +306,13 @@ impl PrivatePostgres {
             .arg("-w")
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                "-p {} -k {} -c listen_addresses=127.0.0.1{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.settings
+                    .iter()
+                    .map(|s| format!(" -c {s}"))
+                    .collect::<String>()
             ))
             .arg("start")
             .stdout(Stdio::null())
@@ -265,4 +357,78 @@ pub fn producer_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A TLS-terminating proxy (stunnel) on a port of its own, forwarding to a
+/// plaintext port: a broker seen through it speaks TLS.
+pub struct TlsProxy {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TlsProxy {
+    /// Accepts TLS on `port` with `certs/server-bundle.pem`, forwards to `to`.
+    pub fn start(port: u16, to: u16, certs: &Path) -> Self {
+        let bin = ["stunnel4", "stunnel"]
+            .into_iter()
+            .map(|b| Path::new("/usr/bin").join(b))
+            .find(|p| p.exists())
+            .expect("stunnel (Debian package stunnel4; scripts/test.sh installs it)");
+        let dir = scratch("stunnel");
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsyslog = no\noutput = {log}\n\
+                 [kafka]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{to}\n\
+                 cert = {bundle}\n",
+                log = dir.join("stunnel.log").display(),
+                bundle = certs.join("server-bundle.pem").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&bin)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "stunnel did not start: {}",
+            std::fs::read_to_string(dir.join("stunnel.log")).unwrap_or_default()
+        );
+        Self {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway CA and a server certificate for `names` (scripts/make-certs.sh).
+pub fn make_certs(dir: &Path, names: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-certs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
