@@ -4,6 +4,7 @@
 #   scripts/local-stack.sh up [--memory]    start what is missing, print the env to use
 #   scripts/local-stack.sh env              print the env of the running stack
 #   scripts/local-stack.sh down             stop what `up` started
+#   scripts/local-stack.sh install-tansu    install tansu (if missing) and print its path
 #
 # Kafka: tansu (a Kafka-compatible broker from crates.io), installed once with cargo into
 # $USERS_PIPELINE_CACHE (default ~/.cache/users-pipeline) and started on a free port with its
@@ -185,5 +186,6 @@ case "${1:-}" in
   env) cmd_env ;;
   down) cmd_down ;;
   restart-kafka) shift; cmd_restart_kafka "$@" ;;
-  *) echo "usage: $0 up [--memory] | env | down | restart-kafka [pause-seconds]" >&2; exit 2 ;;
+  install-tansu) tansu_bin ;;
+  *) echo "usage: $0 up [--memory] | env | down | restart-kafka [pause-seconds] | install-tansu" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 # Runs every test of the workspace against a real broker and a real PostgreSQL.
 # Starts the local stack (scripts/local-stack.sh) unless KAFKA_BROKERS and DATABASE_URL are
 # both given, and stops what it started, even when a test fails.
-# Extra arguments go to `cargo test` (e.g. scripts/test.sh -p consumer).
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh -p consumer). Without them, the
+# compose check (scripts/compose-check.sh) runs last; SKIP_COMPOSE_CHECK=1 skips it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -49,4 +50,10 @@ if [ -s "$FAULT_SUITE_SUMMARY" ]; then
   cat "$FAULT_SUITE_SUMMARY"
 fi
 rm -f "$FAULT_SUITE_SUMMARY"
+
+# `docker compose up`, for real (a filtered run, with arguments, skips it).
+if [ $# -eq 0 ] && [ -z "${SKIP_COMPOSE_CHECK:-}" ]; then
+  echo "== compose check =="
+  scripts/compose-check.sh || status=$?
+fi
 exit "$status"

@@ -129,9 +129,32 @@ fn compose_file_is_pinned_healthy_and_only_sets_variables_the_binaries_read() {
         kafka_env["KAFKA_ADVERTISED_LISTENERS"]
             .as_str()
             .unwrap()
-            .contains("localhost:9092")
+            .contains("localhost:${KAFKA_PORT:-9092}")
     );
-    assert!(text.contains("\"9092:9092\"") && text.contains("\"5432:5432\""));
+    // Every published port: on loopback only, its host port overridable.
+    for (name, service) in services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap_or_default();
+            assert!(
+                port.starts_with("127.0.0.1:${") && port.contains(":-"),
+                "{name:?}: port {port} must be 127.0.0.1:${{VAR:-default}}:container"
+            );
+        }
+    }
+    // Kafka's log on its volume (the image's default is the container's /tmp).
+    let log_dirs = kafka_env["KAFKA_LOG_DIRS"]
+        .as_str()
+        .expect("KAFKA_LOG_DIRS");
+    let kafka_volumes: Vec<&str> = services["kafka"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        kafka_volumes.contains(&format!("kafka-data:{log_dirs}").as_str()),
+        "{kafka_volumes:?}"
+    );
     let pg = &services["postgres"]["environment"];
     assert_eq!(pg["POSTGRES_DB"].as_str(), Some("userdb"));
     assert_eq!(pg["POSTGRES_PASSWORD"].as_str(), Some("postgres"));
@@ -155,8 +178,23 @@ fn compose_file_is_pinned_healthy_and_only_sets_variables_the_binaries_read() {
             Some("service_healthy"),
             "{service} waits for a healthy kafka"
         );
-        assert_eq!(services[service]["build"].as_str(), Some("."));
+        assert_eq!(
+            services[service]["image"].as_str(),
+            Some("users-pipeline:local"),
+            "{service}: one image for both programs"
+        );
+        assert!(
+            services[service]["healthcheck"]["test"].is_sequence(),
+            "{service} has a healthcheck, so `up --wait` means running"
+        );
     }
+    // One build: the consumer builds the image, the producer runs it.
+    assert_eq!(services["consumer"]["build"].as_str(), Some("."));
+    assert!(services["producer"]["build"].is_null());
+    assert!(
+        services["producer"]["environment"]["PRODUCER_SEED"].is_null(),
+        "a new seed per run unless set"
+    );
     assert_eq!(
         services["consumer"]["depends_on"]["postgres"]["condition"].as_str(),
         Some("service_healthy")
