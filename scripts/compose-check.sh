@@ -85,8 +85,9 @@ files=$(find output_data -maxdepth 1 -name 'part-*.csv' | wc -l)
 [ "$files" -gt 0 ] || fail "no part file in ./output_data"
 bad_owner=$(find output_data -maxdepth 1 -name 'part-*.csv' ! -uid "$owner" | wc -l)
 [ "$bad_owner" = 0 ] || fail "$bad_owner part files not owned by uid $owner: $(ls -ln output_data | head -5)"
-curl -fsS "http://127.0.0.1:$CONSUMER_METRICS_PORT/metrics" | grep -q '^users_pipeline_rows_written_total' \
-  || fail "/metrics does not answer with the consumer's metrics"
+# (Read whole first: `curl | grep -q` fails under pipefail when grep stops reading early.)
+metrics=$(curl -fsS "http://127.0.0.1:$CONSUMER_METRICS_PORT/metrics") || fail "/metrics does not answer"
+grep -q '^users_pipeline_rows_written_total' <<<"$metrics" || fail "/metrics lacks the consumer's metrics"
 dc exec -T consumer consumer status >"$work/status.txt" 2>&1 || { cat "$work/status.txt" >&2; fail "consumer status"; }
 
 say "restart consumer mid-stream"
@@ -143,11 +144,12 @@ say "events=$events read=$read_main rows=$rows written=$written file_rows=$file_
 say "monitoring profile"
 dc --profile monitoring up -d --wait prometheus >/dev/null 2>"$work/compose.err" || fail "--profile monitoring up"
 deadline=$(( SECONDS + 90 ))
-until curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets" | grep -q '"health":"up"'; do
+until targets=$(curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets") && grep -q '"health":"up"' <<<"$targets"; do
   (( SECONDS < deadline )) || fail "Prometheus does not see the consumer target up"
   sleep 2
 done
-rules=$(curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/rules" | grep -o '"type":"\(alerting\|recording\)"' | wc -l)
+rules=$(curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/rules") || fail "Prometheus does not answer /api/v1/rules"
+rules=$(grep -o '"type":"\(alerting\|recording\)"' <<<"$rules" | wc -l)
 [ "$rules" -gt 0 ] || fail "Prometheus loaded no rules"
 
 echo "compose-check: events=$events rows=$rows lost=$lost duplicated=$duplicated dead_letters=$dead_letters file_rows=$file_rows restarts=$restarts tls_sessions=$tls_sessions rules=$rules stand_ins=$standins build_s=$build_s up_s=$up_s total_s=$(( SECONDS - started ))"
