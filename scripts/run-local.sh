@@ -24,7 +24,8 @@ say() { echo "run-local: $*" >&2; }
 
 # A stack of its own (not the tests'), kept between runs.
 export LOCAL_STACK_DIR=${LOCAL_STACK_DIR:-$ROOT/.local-stack/run}
-eval "$(scripts/local-stack.sh up)"
+stack=$(scripts/local-stack.sh up) || exit 1
+eval "$stack"
 database_url="${DATABASE_URL%/*}/userdb"
 
 say "building (release; the first build takes about 15 minutes on 2 cores)"

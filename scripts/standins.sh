@@ -88,10 +88,12 @@ standin_rust() {
 }
 
 tansu_bin() {
-  if [ -x "$CACHE/bin/tansu" ]; then echo "$CACHE/bin/tansu"; return; fi
-  # local-stack.sh installs it (once, with cargo) when it is missing.
-  LOCAL_STACK_DIR=$(mktemp -d) "$ROOT/scripts/local-stack.sh" install-tansu >&2
-  echo "$CACHE/bin/tansu"
+  # local-stack.sh finds it, or installs it (once, with cargo), and prints its path.
+  local tmp bin
+  tmp=$(mktemp -d)
+  bin=$(LOCAL_STACK_DIR=$tmp "$ROOT/scripts/local-stack.sh" install-tansu) || { rm -rf "$tmp"; die "no tansu"; }
+  rm -rf "$tmp"
+  echo "$bin"
 }
 
 standin_from_dir() { # image dir description [extra file]
@@ -103,11 +105,21 @@ standin_from_dir() { # image dir description [extra file]
   rm -rf "$ctx"
 }
 
+# Whether a failed pull means that no registry can be reached at all (then a stand-in is
+# the only way), as opposed to a registry that answered no (a rate limit, a login): that
+# must fail loudly, never turn into a stand-in in silence.
+unreachable() {
+  grep -qiE 'no such host|dial tcp|connection refused|network is unreachable|i/o timeout|TLS handshake timeout|Client.Timeout' <<<"$1"
+}
+
 ensure_one() {
-  local image=$1
+  local image=$1 answer
   if present "$image"; then return; fi
-  if "$DOCKER" pull -q "$image" >/dev/null 2>&1; then log "pulled $image"; return; fi
-  log "$image cannot be pulled here: building a local stand-in"
+  if answer=$("$DOCKER" pull -q "$image" 2>&1); then log "pulled $image"; return; fi
+  if ! unreachable "$answer" && [ -z "${STANDINS_ALWAYS:-}" ]; then
+    die "pulling $image failed, and not for want of a network: $answer (STANDINS_ALWAYS=1 builds a stand-in anyway)"
+  fi
+  log "$image cannot be pulled here (no registry answers): building a local stand-in"
   case "$image" in
     debian:*) standin_debian ;;
     rust:*) standin_rust ;;

@@ -170,10 +170,19 @@ pub fn permanent(code: RDKafkaErrorCode, reason: &str) -> bool {
         | C::InvalidGroupId
         | C::Fatal => true,
         // Handshakes also fail on a reset connection; a certificate that does not
-        // verify fails the same way on every attempt.
+        // verify, a TLS alert from the broker (a client certificate refused, expired
+        // or missing) and no common protocol version fail the same way every time.
         C::SSL => {
             let r = reason.to_ascii_lowercase();
-            r.contains("certificate verify failed") || r.contains("wrong version number")
+            [
+                "certificate verify failed",
+                "wrong version number",
+                "alert",
+                "no protocols available",
+                "certificate required",
+            ]
+            .iter()
+            .any(|s| r.contains(s))
         }
         _ => false,
     }
@@ -248,6 +257,10 @@ mod tests {
         assert!(permanent(
             C::SSL,
             "SSL handshake failed: ssl/statem/statem_clnt.c:1889: error:0A000086:SSL routines::certificate verify failed"
+        ));
+        assert!(permanent(
+            C::SSL,
+            "SSL handshake failed: error:0A000412:SSL routines::sslv3 alert bad certificate"
         ));
         assert!(!permanent(C::SSL, "SSL handshake failed: Disconnected"));
     }

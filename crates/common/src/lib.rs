@@ -5,8 +5,8 @@
 //! - [`cli`]: log set-up (`--log-format text|json`) and the shutdown signal.
 //! - [`kafka`]: client configuration, a bounded broker reachability check and topic
 //!   creation through the admin API.
-//! - [`security`]: TLS and SASL flags for secured clusters, and secrets that never
-//!   show (passwords in URLs and flags).
+//! - [`security`]: TLS and SASL flags for secured clusters, and a secret type that
+//!   never prints.
 //! - [`telemetry`]: `/metrics`, `/healthz` and `/readyz` for operators.
 
 pub mod backoff;

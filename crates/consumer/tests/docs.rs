@@ -180,7 +180,7 @@ fn compose_file_is_pinned_healthy_and_only_sets_variables_the_binaries_read() {
         );
         assert_eq!(
             services[service]["image"].as_str(),
-            Some("users-pipeline:local"),
+            Some("${PIPELINE_IMAGE:-users-pipeline:local}"),
             "{service}: one image for both programs"
         );
         assert!(

@@ -9,15 +9,23 @@
 //! | sslmode | encrypted | certificate checked | host name checked |
 //! |---|---|---|---|
 //! | `disable` | no | - | - |
-//! | `prefer` (default) | if the server offers it | no | no |
-//! | `require` | yes | only when a root certificate is given (as libpq) | no |
+//! | `prefer` (default) | if the server offers it | when a root certificate file is there | no |
+//! | `require` | yes | when a root certificate file is there (as libpq) | no |
 //! | `verify-ca` | yes | yes | no |
 //! | `verify-full` | yes | yes | yes |
 //!
 //! The root certificates are `sslrootcert=FILE` (PEM, one or more), else
 //! `~/.postgresql/root.crt` when it exists (libpq's default), else the system's
-//! trust store (what libpq 16 calls `sslrootcert=system`; libpq itself would refuse).
-//! `sslcert` and `sslkey` (PEM, PKCS#8 key) give a client certificate.
+//! trust store. `sslrootcert=system` (libpq 16) means the system's store and
+//! requires `verify-full`, which it implies. `sslcert` and `sslkey` give a client
+//! certificate.
+//!
+//! Where this differs from libpq (documented in the README): `verify-ca` and
+//! `verify-full` without any root certificate file use the system's store (libpq
+//! refuses); `sslkey` must be a PKCS#8 PEM key (`BEGIN PRIVATE KEY`; convert a PKCS#1
+//! one with `openssl pkcs8 -topk8 -nocrypt`); there is no default client certificate
+//! (`~/.postgresql/postgresql.crt`); the `PGSSL*` environment variables are not read;
+//! `sslmode=allow` is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -92,35 +100,12 @@ const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// Splits the TLS parameters off a connection string (URL or `key=value` form):
 /// returns what the driver is given and the TLS settings.
 pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
-    let mut found: Vec<(String, String)> = Vec::new();
-    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if TLS_KEYS.contains(&k) {
-                found.push((k.to_string(), percent_decode(v)?));
-            } else {
-                kept.push(pair);
-            }
-        }
-        if kept.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        }
+    let (rest, found) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        split_url(url)?
     } else {
-        let mut kept = Vec::new();
-        for word in url.split_whitespace() {
-            match word.split_once('=') {
-                Some((k, v)) if TLS_KEYS.contains(&k.trim()) => {
-                    found.push((k.trim().to_string(), v.trim_matches('\'').to_string()));
-                }
-                _ => kept.push(word),
-            }
-        }
-        kept.join(" ")
+        split_key_values(url)?
     };
+    let mut mode = None;
     let mut settings = TlsSettings {
         mode: SslMode::Prefer,
         root_cert: None,
@@ -129,16 +114,100 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
     };
     for (k, v) in found {
         match k.as_str() {
-            "sslmode" => settings.mode = SslMode::parse(&v)?,
+            "sslmode" => mode = Some(SslMode::parse(&v)?),
             "sslrootcert" => settings.root_cert = Some(v),
             "sslcert" => settings.client_cert = Some(PathBuf::from(v)),
             _ => settings.client_key = Some(PathBuf::from(v)),
         }
     }
+    settings.mode = match (mode, settings.root_cert.as_deref()) {
+        // libpq 16: the system's store only with the strictest check.
+        (None, Some("system")) => SslMode::VerifyFull,
+        (Some(m), Some("system")) if m != SslMode::VerifyFull => {
+            return Err(format!(
+                "sslrootcert=system needs sslmode=verify-full (as in libpq), not {}",
+                m.name()
+            ));
+        }
+        (m, _) => m.unwrap_or(SslMode::Prefer),
+    };
     if settings.client_cert.is_some() != settings.client_key.is_some() {
         return Err("sslcert and sslkey go together: give both or neither".into());
     }
     Ok((rest, settings))
+}
+
+type Found = Vec<(String, String)>;
+
+/// The URL form: the query starts at the first `?` after the user info, so a `?`
+/// in an unencoded password is not taken for it.
+fn split_url(url: &str) -> Result<(String, Found), String> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let from = after_scheme + url[after_scheme..].find('@').map_or(0, |i| i + 1);
+    let Some(q) = url[from..].find('?').map(|i| from + i) else {
+        return Ok((url.to_string(), Vec::new()));
+    };
+    let (base, query) = (&url[..q], &url[q + 1..]);
+    let mut found = Vec::new();
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if TLS_KEYS.contains(&percent_decode(k)?.as_str()) {
+            found.push((percent_decode(k)?, percent_decode(v)?));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, found))
+}
+
+/// The `key=value` form, tokenised as libpq does: spaces around `=`, values in
+/// single quotes, backslash escapes. What is kept is given back quoted.
+fn split_key_values(s: &str) -> Result<(String, Found), String> {
+    let mut found = Vec::new();
+    let mut kept = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!("connection string: {key:?} has no value"));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let quoted = chars.next_if_eq(&'\'').is_some();
+        loop {
+            match chars.next() {
+                Some('\\') => value.extend(chars.next()),
+                Some('\'') if quoted => break,
+                Some(c) if !quoted && c.is_whitespace() => break,
+                Some(c) => value.push(c),
+                None if quoted => {
+                    return Err(format!("connection string: {key}'s quote is not closed"));
+                }
+                None => break,
+            }
+        }
+        if TLS_KEYS.contains(&key.as_str()) {
+            found.push((key, value));
+        } else {
+            let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
+            kept.push(format!("{key}='{escaped}'"));
+        }
+    }
+    Ok((kept.join(" "), found))
 }
 
 fn percent_decode(value: &str) -> Result<String, String> {
@@ -187,8 +256,9 @@ impl TlsSettings {
     /// `require` checks the chain when a root certificate file is there.
     pub fn checks(&self, roots: &Roots) -> (bool, bool) {
         match self.mode {
-            SslMode::Disable | SslMode::Prefer => (false, false),
-            SslMode::Require => (matches!(roots, Roots::File(_)), false),
+            SslMode::Disable => (false, false),
+            // libpq verifies the chain whenever a root certificate file is there.
+            SslMode::Prefer | SslMode::Require => (matches!(roots, Roots::File(_)), false),
             SslMode::VerifyCa => (true, false),
             SslMode::VerifyFull => (true, true),
         }
@@ -286,6 +356,15 @@ impl Endpoint {
     pub fn parse(url: &str) -> Result<Self, String> {
         let (rest, tls) = split(url)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("{e}"))?;
+        // Every sslmode was taken off: one the driver still saw would be overridden
+        // below, perhaps weakened. Refuse rather than guess.
+        if config.get_ssl_mode() != DriverMode::Prefer {
+            return Err(
+                "sslmode is given in a form this program does not read: write it as \
+                        ?sslmode=... in a URL or sslmode=... in key=value form"
+                    .into(),
+            );
+        }
         config.ssl_mode(tls.driver_mode());
         let connector = tls.connector()?;
         Ok(Self {
@@ -358,13 +437,44 @@ mod tests {
             ("postgres://u@h/db", SslMode::Require)
         );
         let (rest, s) = split("host=h dbname=d sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
-        assert_eq!(rest, "host=h dbname=d");
+        assert_eq!(rest, "host='h' dbname='d'");
         assert_eq!(
             (s.mode, s.root_cert.as_deref()),
             (SslMode::VerifyCa, Some("/ca.pem"))
         );
         // libpq's default.
         assert_eq!(split("postgres://h/d").unwrap().1.mode, SslMode::Prefer);
+        // A `?` in an unencoded password is not the query.
+        let (rest, s) = split("postgres://app:p?ss@db/u?sslmode=require").unwrap();
+        assert_eq!(
+            (rest.as_str(), s.mode),
+            ("postgres://app:p?ss@db/u", SslMode::Require)
+        );
+        // libpq's key=value rules: spaces around `=`, quoted values with spaces.
+        let (rest, s) = split(
+            "host = db  sslmode = verify-full sslrootcert='/my certs/ca.pem' password='a b\\'c'",
+        )
+        .unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        assert_eq!(s.root_cert.as_deref(), Some("/my certs/ca.pem"));
+        assert_eq!(rest, "host='db' password='a b\\'c'");
+        let parsed: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(parsed.get_password(), Some(&b"a b'c"[..]));
+        assert!(
+            split("host=db password='open")
+                .unwrap_err()
+                .contains("not closed")
+        );
+        // The system's store only with verify-full, which it implies.
+        assert_eq!(
+            split("postgres://h/d?sslrootcert=system").unwrap().1.mode,
+            SslMode::VerifyFull
+        );
+        assert!(
+            split("postgres://h/d?sslrootcert=system&sslmode=require")
+                .unwrap_err()
+                .contains("needs sslmode=verify-full")
+        );
     }
 
     #[test]
@@ -402,8 +512,9 @@ mod tests {
         let file = Roots::File("/ca.pem".into());
         let s = settings(SslMode::Require, Some("/ca.pem"));
         assert_eq!(s.roots(None), file);
-        // `require` with a root certificate behaves as `verify-ca`, as in libpq.
+        // `require` (and `prefer`) with a root certificate verify the chain, as in libpq.
         assert_eq!(s.checks(&file), (true, false));
+        assert_eq!(settings(SslMode::Prefer, None).checks(&file), (true, false));
         assert_eq!(
             settings(SslMode::Require, None).checks(&Roots::System),
             (false, false)
