@@ -31,6 +31,14 @@ fn refused_within(command: Command, limit: Duration) -> (String, String) {
     (stderr, last)
 }
 
+/// The producer binary publishing `count` events of the synthetic source's `seed`.
+fn producer(brokers: &str, topic: &str, count: u64, seed: u64) -> Command {
+    let mut c = Command::new(support::services::producer_bin());
+    c.args(["--brokers", brokers, "--topic", topic, "--progress", "log"])
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()]);
+    c
+}
+
 /// A scenario whose database lives on `pg` (reached by the test over its Unix
 /// socket) and that the consumer reaches with `url_of(database)`.
 async fn scenario_on_tls_postgres(
@@ -155,11 +163,8 @@ async fn kafka_over_tls_through_a_proxy_is_read_exactly_and_a_wrong_ca_is_refuse
 
     // The producer creates the topic and publishes over TLS.
     let topic = testkit::unique("users");
-    let mut producer = Command::new(support::services::producer_bin());
-    producer
-        .args(["--brokers", &brokers, "--topic", &topic, "--count", "300"])
-        .args(["--seed", "162", "--partitions", "2", "--progress", "log"])
-        .args(tls);
+    let mut producer = producer(&brokers, &topic, 300, 162);
+    producer.args(["--partitions", "2"]).args(tls);
     let out = run_bounded(producer, Duration::from_secs(60));
     assert!(
         out.status.success(),
@@ -258,25 +263,8 @@ async fn sasl_scram_logs_in_a_wrong_password_is_refused_and_a_refused_session_st
     assert!(!stderr.contains("wrong-password"), "{stderr}");
 
     // The right password: the producer logs in and creates the topic.
-    let mut producer = Command::new(support::services::producer_bin());
-    producer
-        .args([
-            "--brokers",
-            &s.brokers,
-            "--topic",
-            &s.topic,
-            "--count",
-            "50",
-        ])
-        .args([
-            "--seed",
-            "165",
-            "--progress",
-            "log",
-            "--delivery-timeout",
-            "15s",
-        ])
-        .args(sasl);
+    let mut producer = producer(&s.brokers, &s.topic, 50, 165);
+    producer.args(["--delivery-timeout", "15s"]).args(sasl);
     let out = run_bounded(with_password(producer, password), Duration::from_secs(60));
     let produced = text(&out.stderr);
     assert!(produced.contains("Created topic"), "{produced}");
@@ -368,17 +356,8 @@ async fn passwords_in_the_database_url_never_show() {
 /// (librdkafka configured directly) are read exactly once each.
 async fn codec_round_trip(codec: &str) -> Result<u64, String> {
     let s = Scenario::new(2).await;
-    let mut producer = Command::new(support::services::producer_bin());
-    producer
-        .args([
-            "--brokers",
-            &s.brokers,
-            "--topic",
-            &s.topic,
-            "--count",
-            "200",
-        ])
-        .args(["--seed", "163", "--compression", codec, "--progress", "log"]);
+    let mut producer = producer(&s.brokers, &s.topic, 200, 163);
+    producer.args(["--compression", codec]);
     let out = run_bounded(producer, Duration::from_secs(60));
     if !out.status.success() {
         return Err(text(&out.stderr)
