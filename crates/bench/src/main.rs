@@ -543,12 +543,15 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// A connection made the way the consumer makes its own (the same `sslmode`, so TLS
+/// or not), so that the PostgreSQL limit measures the consumer's transport.
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let endpoint = consumer::sink::postgres::parse_url(url, Duration::from_secs(10))
+        .with_context(|| "invalid --database-url")?;
+    endpoint
+        .connect(|_| {})
         .await
-        .with_context(|| format!("cannot connect to {url}"))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .with_context(|| "cannot connect to PostgreSQL")
 }
 
 async fn drop_database(url: &str, db: &str) {
