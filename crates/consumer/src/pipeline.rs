@@ -219,7 +219,7 @@ impl LoopState<'_> {
             if let Some(reason) = self.consumer.context().permanent_error() {
                 return Err(Error::KafkaPermanent {
                     topic: self.config.topic.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 });
             }
             if self.sync_generation() {

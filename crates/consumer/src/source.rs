@@ -119,7 +119,8 @@ pub struct PipelineContext {
     assignment: Mutex<Assignment>,
     /// The first client error that waiting cannot heal (a failed login, a
     /// certificate that does not verify): the loop stops with it.
-    permanent: Mutex<Option<String>>,
+    /// Set once (the first wins); read lock-free on every turn of the loop.
+    permanent: std::sync::OnceLock<String>,
 }
 
 impl PipelineContext {
@@ -137,13 +138,13 @@ impl PipelineContext {
             stop,
             retry,
             assignment: Mutex::new(Assignment::default()),
-            permanent: Mutex::new(None),
+            permanent: std::sync::OnceLock::new(),
         }
     }
 
     /// The client error that waiting cannot heal, if librdkafka reported one.
-    pub fn permanent_error(&self) -> Option<String> {
-        self.permanent.lock().ok().and_then(|p| p.clone())
+    pub fn permanent_error(&self) -> Option<&str> {
+        self.permanent.get().map(String::as_str)
     }
 
     /// The current assignment.
@@ -204,9 +205,7 @@ impl ClientContext for PipelineContext {
             Some(code) if common::kafka::permanent(code, reason) => {
                 let line = common::kafka::describe_client_error(&error, reason);
                 error!(message = "Kafka client error that waiting cannot heal; stopping.", error = %line);
-                if let Ok(mut p) = self.permanent.lock() {
-                    p.get_or_insert(line);
-                }
+                let _ = self.permanent.set(line);
             }
             _ => warn!(message = "Kafka client error.", error = %error, detail = %reason),
         }

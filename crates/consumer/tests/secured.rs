@@ -31,6 +31,14 @@ fn refused_within(command: Command, limit: Duration) -> (String, String) {
     (stderr, last)
 }
 
+/// A CA with a certificate for `localhost`, and another CA (that did not sign it).
+fn two_cas() -> (tempfile::TempDir, tempfile::TempDir) {
+    let (certs, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    make_certs(certs.path(), &["localhost"]);
+    make_certs(other.path(), &["localhost"]);
+    (certs, other)
+}
+
 /// The producer binary publishing `count` events of the synthetic source's `seed`.
 fn producer(brokers: &str, topic: &str, count: u64, seed: u64) -> Command {
     let mut c = Command::new(support::services::producer_bin());
@@ -67,10 +75,7 @@ async fn scenario_on_tls_postgres(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_over_tls_checks_the_ca_and_the_host_name_as_libpq_does() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), &["localhost"]);
-    let other = tempfile::tempdir().unwrap();
-    make_certs(other.path(), &["localhost"]);
+    let (certs, other) = two_cas();
     let pg = PrivatePostgres::start_with_tls(certs.path());
     let ca = certs.path().join("ca.pem");
     let url = |host: &str, db: &str, query: &str| {
@@ -144,10 +149,7 @@ async fn postgres_over_tls_checks_the_ca_and_the_host_name_as_libpq_does() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_over_tls_through_a_proxy_is_read_exactly_and_a_wrong_ca_is_refused() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), &["localhost"]);
-    let other = tempfile::tempdir().unwrap();
-    make_certs(other.path(), &["localhost"]);
+    let (certs, other) = two_cas();
     let proxy_port = testkit::free_port();
     let broker =
         PrivateBroker::start_advertising(testkit::free_port(), &format!("localhost:{proxy_port}"));
@@ -172,15 +174,7 @@ async fn kafka_over_tls_through_a_proxy_is_read_exactly_and_a_wrong_ca_is_refuse
         text(&out.stderr)
     );
 
-    let (db_url, db) = testkit::fresh_database().await;
-    let s = Scenario {
-        brokers: brokers.clone(),
-        topic,
-        group: testkit::unique("group"),
-        db_url,
-        db,
-        out: tempfile::tempdir().unwrap(),
-    };
+    let s = Scenario::without_topic(&brokers, &topic).await;
     let mut args = vec!["--available-now"];
     args.extend_from_slice(&tls);
     let out = run_bounded(s.command(&args), Duration::from_secs(120));
@@ -228,15 +222,7 @@ async fn kafka_over_tls_through_a_proxy_is_read_exactly_and_a_wrong_ca_is_refuse
 async fn sasl_scram_logs_in_a_wrong_password_is_refused_and_a_refused_session_stops_the_consumer() {
     let password = "pw-never-shown-7c1";
     let broker = PrivateBroker::start_with_scram_user("app", password);
-    let (db_url, db) = testkit::fresh_database().await;
-    let s = Scenario {
-        brokers: broker.brokers(),
-        topic: testkit::unique("users"),
-        group: testkit::unique("group"),
-        db_url,
-        db,
-        out: tempfile::tempdir().unwrap(),
-    };
+    let s = Scenario::without_topic(&broker.brokers(), &testkit::unique("users")).await;
     let sasl = [
         "--kafka-security-protocol",
         "sasl_plaintext",
@@ -431,15 +417,7 @@ async fn scenario_on_mock(
 ) -> Scenario {
     let topic = testkit::unique("users");
     mock.create_topic(&topic, 1, 1).unwrap();
-    let (db_url, db) = testkit::fresh_database().await;
-    Scenario {
-        brokers: mock.bootstrap_servers(),
-        topic,
-        group: testkit::unique("group"),
-        db_url,
-        db,
-        out: tempfile::tempdir().unwrap(),
-    }
+    Scenario::without_topic(&mock.bootstrap_servers(), &topic).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

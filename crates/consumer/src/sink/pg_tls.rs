@@ -387,26 +387,29 @@ impl Endpoint {
         &self,
         on_close: fn(tokio_postgres::Error),
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        match &self.connector {
+        fn drive<F>(connection: F, on_close: fn(tokio_postgres::Error))
+        where
+            F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+        {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    on_close(e);
+                }
+            });
+        }
+        let client = match &self.connector {
             Some(tls) => {
                 let (client, connection) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        on_close(e);
-                    }
-                });
-                Ok(client)
+                drive(connection, on_close);
+                client
             }
             None => {
                 let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        on_close(e);
-                    }
-                });
-                Ok(client)
+                drive(connection, on_close);
+                client
             }
-        }
+        };
+        Ok(client)
     }
 }
 

@@ -42,6 +42,21 @@ impl Scenario {
         }
     }
 
+    /// A scenario on `brokers` for an existing (or not yet created) `topic`, with
+    /// a fresh database on the PostgreSQL under test: for brokers the test client
+    /// cannot create topics on (behind TLS, SASL, a mock).
+    pub async fn without_topic(brokers: &str, topic: &str) -> Self {
+        let (db_url, db) = testkit::fresh_database().await;
+        Self {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            group: testkit::unique("group"),
+            db_url,
+            db,
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn out_dir(&self) -> &Path {
         self.out.path()
     }

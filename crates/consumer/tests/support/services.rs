@@ -16,6 +16,14 @@ fn wait_port(port: u16, limit: Duration) -> bool {
     false
 }
 
+/// Kills a process this test started and waits for it to exit.
+fn stop(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 fn scratch(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(testkit::unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
@@ -111,10 +119,7 @@ impl PrivateBroker {
 
     /// Kills the broker (as a crash would), waits `down`, starts it again.
     pub fn restart(&mut self, down: Duration) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(self.child.take());
         std::thread::sleep(down);
         self.launch();
     }
@@ -122,10 +127,7 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -409,10 +411,7 @@ impl TlsProxy {
 
 impl Drop for TlsProxy {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
