@@ -14,7 +14,7 @@ use consumer::dead_letter::Provenance;
 use consumer::decode::{BatchBuilder, Origin};
 use consumer::sink;
 use consumer::sink::copy::{self, Encoded};
-use consumer::sink::postgres::{Guard, PgSink, Target, upsert_sql};
+use consumer::sink::postgres::{Guard, Mode, PgSink, Table, Target};
 use consumer::transform::{DEFAULT_SQL, Transform};
 use futures::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -180,7 +180,7 @@ pub async fn encode_batches(
             );
         }
         let (input, _) = builder.finish();
-        let provenance = Provenance::new(input.clone(), "id");
+        let provenance = Provenance::new(input.clone(), Some("id"));
         let output = transform.run(input).await?;
         // As the pipeline encodes it: each row with its record's rank (the guard).
         let encoded = copy::encode(
@@ -190,11 +190,16 @@ pub async fn encode_batches(
         rows += encoded.rows as u64;
         batches.push(encoded);
     }
+    let users = Table::new(
+        table,
+        sink::table_ident(table).map_err(anyhow::Error::msg)?,
+        vec![sink::column_ident("id").map_err(anyhow::Error::msg)?],
+        &columns,
+        Mode::Upsert(Guard::Kafka),
+        0,
+    );
     let target = Target {
-        table: sink::table_ident(table).map_err(anyhow::Error::msg)?,
-        key: sink::column_ident("id").map_err(anyhow::Error::msg)?,
-        columns: Guard::Kafka.columns(&columns),
-        guard: Guard::Kafka,
+        tables: vec![users],
         dead_letter_table: sink::table_ident(&format!("{table}_dead_letters"))
             .map_err(anyhow::Error::msg)?,
         group: "bench-limit".into(),
@@ -220,8 +225,8 @@ pub async fn pg_write(
         Uuid::new_v4(),
     )
     .await?;
-    let copy_sql = encoded.target.copy_sql();
-    let upsert = upsert_sql(&encoded.target);
+    let copy_sql = encoded.target.tables[0].copy_sql();
+    let upsert = encoded.target.tables[0].write_sql();
     let client = pg.client().await?;
     let started = Instant::now();
     let mut bytes = 0u64;
@@ -237,7 +242,10 @@ pub async fn pg_write(
     }
     let seconds = started.elapsed().as_secs_f64();
     let ids: HashSet<String> = client
-        .query(&format!("SELECT id FROM {}", encoded.target.table), &[])
+        .query(
+            &format!("SELECT id FROM {}", encoded.target.tables[0].name),
+            &[],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))

@@ -1,7 +1,8 @@
 //! One micro-batch: collected record by record, then prepared for its commit
-//! (transformed, encoded for COPY, each partition's move computed).
+//! (every output's query run, each output encoded for COPY, each partition's move
+//! computed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -12,10 +13,10 @@ use crate::config::Config;
 use crate::dead_letter::{DeadLetter, Provenance};
 use crate::decode::BatchBuilder;
 use crate::ledger::Advance;
+use crate::outputs::Output;
 use crate::partitions::Partitions;
 use crate::sink::copy::{self, Encoded};
-use crate::sink::postgres::{Guard, Target};
-use crate::transform::Transform;
+use crate::sink::postgres::{Guard, Mode};
 
 /// One micro-batch being collected.
 pub struct Collecting {
@@ -46,28 +47,41 @@ impl Collecting {
     }
 }
 
-/// A collected batch, transformed and encoded: what the commit needs, and the
-/// figures the log line reports.
+/// One output's share of a prepared batch.
+pub struct OutputRows {
+    /// The query's output: the part file's rows.
+    pub rows: Vec<RecordBatch>,
+    /// The same rows encoded for COPY into the output's table.
+    pub encoded: Encoded,
+    /// The input records behind the rows (for rows PostgreSQL refuses).
+    pub provenance: Provenance,
+}
+
+impl OutputRows {
+    pub fn num_rows(&self) -> usize {
+        self.rows.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// A collected batch, transformed and encoded for every output: what the commit
+/// needs, and the figures the log line reports.
 pub struct Prepared {
     pub id: Uuid,
     pub records: u64,
-    pub output: Vec<RecordBatch>,
-    pub encoded: Encoded,
+    /// In the order of the outputs.
+    pub outputs: Vec<OutputRows>,
     pub dead: Vec<DeadLetter>,
-    pub provenance: Provenance,
     pub advances: Vec<Advance>,
     pub input_rows: usize,
-    pub output_rows: usize,
     pub failed_rows: usize,
     pub started: Instant,
 }
 
-/// Runs the transform (isolating rows it fails on), encodes the output for
-/// COPY, and says how far each partition moves.
+/// Runs every output's query (isolating the records a query fails on), encodes
+/// each output for COPY, and says how far each partition moves.
 pub async fn prepare(
     batch: Collecting,
-    transform: &Transform,
-    target: &Target,
+    outputs: &[Output],
     config: &Config,
     partitions: &Partitions,
 ) -> Result<Prepared, Error> {
@@ -75,22 +89,31 @@ pub async fn prepare(
     let records = batch.builder.records();
     let (input, mut dead) = batch.builder.finish();
     let input_rows = input.num_rows();
-    let provenance = Provenance::new(input.clone(), &config.key_column);
-    let (output, failed) = transform.run_isolating(input).await;
-    dead.extend(
-        failed
-            .iter()
-            .map(|(row, reason)| DeadLetter::transform_failed(row, reason)),
-    );
-    let output_rows: usize = output.iter().map(RecordBatch::num_rows).sum();
-    if config.show > 0 && output_rows > 0 {
-        show(&output, config.show);
+    let transformed = transform_all(outputs, input).await?;
+    let failed_rows = transformed.dead.len();
+    dead.extend(transformed.dead);
+    let mut prepared = Vec::with_capacity(outputs.len());
+    for (output, rows) in outputs.iter().zip(transformed.rows) {
+        if config.show > 0 && !rows.is_empty() {
+            if outputs.len() > 1 {
+                println!("output {}:", output.name);
+            }
+            show(&rows, config.show);
+        }
+        let provenance =
+            Provenance::new(transformed.input.clone(), output.provenance_key.as_deref());
+        let columns = &output.table.columns;
+        // Under the Kafka guard, each row with its record's rank.
+        let encoded = match output.table.mode {
+            Mode::Upsert(Guard::Kafka) => copy::encode(&provenance.ranked(&rows)?, columns)?,
+            _ => copy::encode(&rows, columns)?,
+        };
+        prepared.push(OutputRows {
+            rows,
+            encoded,
+            provenance,
+        });
     }
-    // The table's columns: under the Kafka guard, each row with its record's rank.
-    let encoded = match target.guard {
-        Guard::Kafka => copy::encode(&provenance.ranked(&output)?, &target.columns)?,
-        Guard::Column(_) => copy::encode(&output, &target.columns)?,
-    };
     let advances = batch
         .ranges
         .iter()
@@ -104,16 +127,94 @@ pub async fn prepare(
     Ok(Prepared {
         id: Uuid::now_v7(),
         records,
-        output,
-        encoded,
+        outputs: prepared,
         dead,
-        provenance,
         advances,
         input_rows,
-        output_rows,
-        failed_rows: failed.len(),
+        failed_rows,
         started,
     })
+}
+
+/// Every output's rows of a batch, from the input they were all computed on.
+struct Transformed {
+    input: RecordBatch,
+    rows: Vec<Vec<RecordBatch>>,
+    dead: Vec<DeadLetter>,
+}
+
+/// Runs every output's query over the batch. A record that any output's query
+/// fails on is taken out of every output's input and becomes one dead letter, so
+/// that the outputs agree on which records they took: replaying it later feeds
+/// each output once. An output is run again only when another one failed on a
+/// record it took (at most once per newly failing record; none in the usual case).
+async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<Transformed, Error> {
+    let mut input = input;
+    let mut rows: Vec<Option<Vec<RecordBatch>>> = vec![None; outputs.len()];
+    let mut excluded: Vec<usize> = vec![0; outputs.len()];
+    let mut failed: HashSet<(i32, i64)> = HashSet::new();
+    let mut dead = Vec::new();
+    loop {
+        // `input` holds every record but these.
+        let before = failed.len();
+        let mut new = false;
+        for (i, output) in outputs.iter().enumerate() {
+            if rows[i].is_some() {
+                continue;
+            }
+            let (out, refused) = output.transform.run_isolating(input.clone()).await;
+            excluded[i] = before + refused.len();
+            for (row, reason) in refused {
+                if failed.insert(position(&row, 0)) {
+                    new = true;
+                    let reason = match outputs.len() {
+                        1 => reason,
+                        _ => format!("output {:?}: {reason}", output.name),
+                    };
+                    dead.push(DeadLetter::transform_failed(&row, &reason));
+                }
+            }
+            rows[i] = Some(out);
+        }
+        if !new {
+            break;
+        }
+        input = without(&input, &failed)?;
+        for (i, r) in rows.iter_mut().enumerate() {
+            if excluded[i] != failed.len() {
+                *r = None;
+            }
+        }
+    }
+    Ok(Transformed {
+        input,
+        rows: rows.into_iter().map(Option::unwrap_or_default).collect(),
+        dead,
+    })
+}
+
+/// The (partition, offset) of an `events` row: unique within a batch.
+fn position(batch: &RecordBatch, row: usize) -> (i32, i64) {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+    let p = batch
+        .column_by_name("partition")
+        .map_or(-1, |a| a.as_primitive::<Int32Type>().value(row));
+    let o = batch
+        .column_by_name("offset")
+        .map_or(-1, |a| a.as_primitive::<Int64Type>().value(row));
+    (p, o)
+}
+
+/// The input without the records at `positions`.
+fn without(input: &RecordBatch, positions: &HashSet<(i32, i64)>) -> Result<RecordBatch, Error> {
+    use datafusion::arrow::array::BooleanArray;
+    let keep: BooleanArray = (0..input.num_rows())
+        .map(|row| Some(!positions.contains(&position(input, row))))
+        .collect();
+    Ok(datafusion::arrow::compute::filter_record_batch(
+        input, &keep,
+    )?)
 }
 
 /// `--show N`: the first N rows, like Spark's `df.show()`.

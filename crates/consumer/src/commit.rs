@@ -1,15 +1,18 @@
 //! The exactly-once commit of a batch, read top to bottom in one place.
 //!
 //! A batch is committed in three steps, and recovered from any crash between them:
-//! 1. **Stage** the part file: written and fsynced under this instance's private
-//!    staging directory, invisible to readers of the output directory.
-//! 2. **One PostgreSQL transaction**: the rows (binary COPY into a staging table,
-//!    then one upsert that isolates rows PostgreSQL refuses), the dead letters, each
+//! 1. **Stage** each output's part file: written and fsynced under this
+//!    instance's private staging directory, invisible to readers of the output
+//!    directory.
+//! 2. **One PostgreSQL transaction** for the whole batch: every output's rows
+//!    (binary COPY into the output's staging table, then its upsert, append or
+//!    merge statement, isolating rows PostgreSQL refuses), the dead letters, each
 //!    partition's offset moved *only if it still holds what this consumer last saw*
 //!    (else another consumer took the partition: roll back, [`Outcome::Conflict`]),
-//!    and the batch's row in the batch log. Then COMMIT.
-//! 3. **Promote** the part file (a rename into the output directory) once the
-//!    transaction committed; discard it when it did not.
+//!    and the batch's row in the batch log. Then COMMIT. So every output holds a
+//!    batch, or none does: a merge adds a batch's partial aggregate exactly once.
+//! 3. **Promote** the part files (a rename into each output's directory) once the
+//!    transaction committed; discard them when it did not.
 //!
 //! A commit whose answer was lost (the connection died during COMMIT) is retried;
 //! the retry finds the offsets already moved, and the batch log says whether it
@@ -17,7 +20,7 @@
 //! what a dead process left staged: files of batches in the log are promoted, the
 //! others deleted (their records are read again, from the stored offsets).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use datafusion::arrow::array::BooleanArray;
@@ -28,12 +31,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::dead_letter::{self, DeadLetter, Provenance};
+use crate::batch::OutputRows;
+use crate::dead_letter::{self, DeadLetter};
 use crate::ledger::{self, Advance, BatchRecord};
 use crate::retry::Retry;
 use crate::sink::copy::{Encoded, RowAt};
 use crate::sink::csv::{CsvSink, Staged, part_name};
-use crate::sink::postgres::{self, PgError, PgSink};
+use crate::sink::postgres::{self, Mode, PgError, PgSink, Table};
 
 /// How long a transaction under way may go on once the consumer is stopping.
 const GRACE_ON_STOP: Duration = Duration::from_secs(5);
@@ -43,14 +47,11 @@ const FILE_RETRY_MAX: Duration = Duration::from_secs(10);
 /// One batch, ready to commit.
 pub struct Batch<'a> {
     pub id: Uuid,
-    /// The transform's output: the part file's rows.
-    pub output: &'a [RecordBatch],
-    /// The same rows encoded for COPY (rows the encoder refused are in it too).
-    pub encoded: &'a Encoded,
+    /// Each output's rows (part file rows, their COPY encoding, their provenance),
+    /// in the order of the target's tables.
+    pub outputs: &'a [OutputRows],
     /// Records refused before the sink (decode and transform).
     pub dead_letters: &'a [DeadLetter],
-    /// The input records behind the output rows (for rows PostgreSQL refuses).
-    pub provenance: &'a Provenance,
     /// Each partition's move: from the stored offset to the next after the batch.
     pub advances: &'a [Advance],
     /// Records the batch covers (rows and dead letters).
@@ -60,13 +61,14 @@ pub struct Batch<'a> {
 /// What a committed batch wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
-    pub rows_written: u64,
+    /// Per output, in output order.
+    pub rows_written: Vec<u64>,
     /// Rows refused by the encoder or PostgreSQL, stored as dead letters.
     pub rejected_rows: u64,
     /// All dead letters of the batch (the batch's own plus the rejected rows).
     pub dead_letters: u64,
-    /// The promoted part file (`None`: no rows, or left for recovery when stopping).
-    pub part_file: Option<String>,
+    /// The promoted part files (none: no rows, or left for recovery when stopping).
+    pub part_files: Vec<String>,
 }
 
 /// How a commit ended.
@@ -82,39 +84,43 @@ pub enum Outcome {
 
 /// What a batch wrote, as its transaction counted it.
 struct Figures {
-    rows_written: u64,
+    rows_written: Vec<u64>,
     rejected_rows: u64,
     dead_letters: u64,
 }
 
 impl Figures {
-    /// The figures a committed batch recorded (rows written, dead letters); the
-    /// dead letters beyond the batch's own were refused rows.
-    fn recorded((rows_written, dead_letters): (u64, u64), batch: &Batch<'_>) -> Self {
+    /// The figures a committed batch recorded (rows written per output, dead
+    /// letters); the dead letters beyond the batch's own were refused rows.
+    fn recorded(recorded: &ledger::Recorded, batch: &Batch<'_>, outputs: &[&str]) -> Self {
         let ours = batch.dead_letters.len() as u64;
         Self {
-            rows_written,
-            rejected_rows: dead_letters.saturating_sub(ours),
-            dead_letters,
+            rows_written: recorded.rows_of(outputs),
+            rejected_rows: recorded.dead_letters.saturating_sub(ours),
+            dead_letters: recorded.dead_letters,
         }
     }
 }
+
+/// A part file staged for output number `.0`.
+type StagedFile = (usize, Staged);
 
 /// How the transaction itself ended, with the part file it staged.
 enum Transaction {
     Committed {
         figures: Figures,
-        staged: Option<Staged>,
+        staged: Vec<StagedFile>,
     },
     /// Another writer moved an offset first (or our own COMMIT landed and its
     /// answer was lost: the batch log tells).
-    Conflict { staged: Option<Staged> },
+    Conflict { staged: Vec<StagedFile> },
 }
 
 /// Commits batches to PostgreSQL and the output directory.
 pub struct Committer {
     pg: PgSink,
-    csv: CsvSink,
+    /// Each output's part files, in output order (`None`: it writes none).
+    csv: Vec<Option<CsvSink>>,
     max_backoff: Duration,
     retries: metrics::Counter,
 }
@@ -122,7 +128,12 @@ pub struct Committer {
 impl Committer {
     /// `max_backoff` bounds the wait between attempts while PostgreSQL is away;
     /// `retries` counts those attempts.
-    pub fn new(pg: PgSink, csv: CsvSink, max_backoff: Duration, retries: metrics::Counter) -> Self {
+    pub fn new(
+        pg: PgSink,
+        csv: Vec<Option<CsvSink>>,
+        max_backoff: Duration,
+        retries: metrics::Counter,
+    ) -> Self {
         Self {
             pg,
             csv,
@@ -146,20 +157,28 @@ impl Committer {
     /// exists (its COMMIT may still land) is left for a later start. Returns
     /// (promoted, deleted).
     pub async fn recover(&mut self) -> Result<(usize, usize), Error> {
-        let mut orphans = self.csv.orphans()?;
+        let sinks: Vec<&CsvSink> = self.csv.iter().flatten().collect();
+        let mut orphans = sinks
+            .iter()
+            .map(|c| c.orphans())
+            .collect::<Result<Vec<_>, _>>()?;
+        let dead: BTreeSet<Uuid> = orphans.iter().flat_map(|o| o.instances()).collect();
         let mut locked = Vec::new();
-        for dead in orphans.instances() {
-            if self.try_lock_instance(dead).await? {
-                locked.push(dead);
+        for instance in dead {
+            if try_lock_instance(&mut self.pg, instance).await? {
+                locked.push(instance);
             } else {
                 warn!(
                     message = "A previous consumer's database session is still open; its staged files are left for a later start.",
-                    instance = %dead
+                    instance = %instance
                 );
-                orphans.skip_instance(dead);
+                orphans.iter_mut().for_each(|o| o.skip_instance(instance));
             }
         }
-        let ids: Vec<Uuid> = orphans.files.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<Uuid> = orphans
+            .iter()
+            .flat_map(|o| o.files.iter().map(|(id, _)| *id))
+            .collect();
         let committed = if ids.is_empty() {
             Default::default()
         } else {
@@ -167,7 +186,11 @@ impl Committer {
                 .await
                 .map_err(PgError::from)?
         };
-        let (promoted, deleted) = self.csv.resolve(orphans, &committed)?;
+        let (mut promoted, mut deleted) = (0, 0);
+        for (csv, orphans) in sinks.iter().zip(orphans) {
+            let (p, d) = csv.resolve(orphans, &committed)?;
+            (promoted, deleted) = (promoted + p, deleted + d);
+        }
         if promoted + deleted > 0 {
             info!(
                 message = "Resolved staged part files of a previous run.",
@@ -187,18 +210,6 @@ impl Committer {
         Ok((promoted, deleted))
     }
 
-    /// Takes a dead instance's session lock; fails while its session still exists.
-    async fn try_lock_instance(&mut self, instance: Uuid) -> Result<bool, PgError> {
-        let client = self.pg.client().await?;
-        let row = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1)",
-                &[&ledger::locks::instance(instance)],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-
     /// Commits one batch: stage, transaction, promote (see the module doc).
     /// Failures that heal by waiting are retried until `stop`; an `Err` is one that
     /// cannot heal (nothing of the batch was committed).
@@ -208,6 +219,13 @@ impl Committer {
         stop: &CancellationToken,
     ) -> Result<Outcome, Error> {
         let (pg, csv) = (&mut self.pg, &self.csv);
+        let names: Vec<String> = pg
+            .target()
+            .tables
+            .iter()
+            .map(|t| t.output.clone())
+            .collect();
+        let outputs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut attempts = 0;
         let written = Retry::new("writing the batch", stop, self.max_backoff)
             .grace_on_stop(GRACE_ON_STOP)
@@ -219,8 +237,8 @@ impl Committer {
                 if attempts > 1
                     && let Some(recorded) = ledger::recorded(&*pg.client().await?, batch.id).await?
                 {
-                    let figures = Figures::recorded(recorded, batch);
-                    let staged = csv.staged(batch.id);
+                    let figures = Figures::recorded(&recorded, batch, &outputs);
+                    let staged = staged_files(csv, batch.id);
                     return Ok(Transaction::Committed { figures, staged });
                 }
                 transaction(pg, csv, batch).await
@@ -238,31 +256,36 @@ impl Committer {
             Transaction::Committed { figures, staged } => (figures, staged),
             Transaction::Conflict { staged } => match self.recorded(batch.id, stop).await? {
                 // The commit went through but its answer was lost.
-                Some(Some(recorded)) => (Figures::recorded(recorded, batch), staged),
+                Some(Some(recorded)) => (Figures::recorded(&recorded, batch, &outputs), staged),
                 Some(None) => {
-                    if let Some(s) = staged {
-                        self.csv.discard(s);
+                    for (i, s) in staged {
+                        if let Some(csv) = &self.csv[i] {
+                            csv.discard(s);
+                        }
                     }
                     return Ok(Outcome::Conflict);
                 }
                 None => return Ok(Outcome::Stopped),
             },
         };
-        // Committed: the file must appear. Retried until it does, or left to the
+        // Committed: the files must appear. Retried until they do, or left to the
         // next start's recovery when stopping.
-        let part_file = match &staged {
-            Some(s) => {
-                Retry::new("promoting the part file", stop, FILE_RETRY_MAX)
-                    .run(async || csv_promote(&self.csv, s))
-                    .await?
+        let mut part_files = Vec::new();
+        for (i, s) in &staged {
+            let Some(csv) = &self.csv[*i] else { continue };
+            let promoted = Retry::new("promoting the part file", stop, FILE_RETRY_MAX)
+                .run(async || csv_promote(csv, s))
+                .await?;
+            match promoted {
+                Some(path) => part_files.push(path),
+                None => break,
             }
-            None => None,
-        };
+        }
         Ok(Outcome::Committed(Committed {
             rows_written: figures.rows_written,
             rejected_rows: figures.rejected_rows,
             dead_letters: figures.dead_letters,
-            part_file,
+            part_files,
         }))
     }
 
@@ -273,7 +296,7 @@ impl Committer {
         &mut self,
         id: Uuid,
         stop: &CancellationToken,
-    ) -> Result<Option<Option<(u64, u64)>>, PgError> {
+    ) -> Result<Option<Option<ledger::Recorded>>, PgError> {
         let pg = &mut self.pg;
         Retry::new("checking whether the batch committed", stop, FILE_RETRY_MAX)
             .grace_on_stop(GRACE_ON_STOP)
@@ -332,50 +355,66 @@ impl Committer {
     }
 }
 
+/// Takes a dead instance's session lock; fails while its session still exists.
+async fn try_lock_instance(pg: &mut PgSink, instance: Uuid) -> Result<bool, PgError> {
+    let client = pg.client().await?;
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[&ledger::locks::instance(instance)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 fn csv_promote(csv: &CsvSink, staged: &Staged) -> Result<String, crate::sink::csv::CsvError> {
     csv.promote(staged).map(|p| p.display().to_string())
 }
 
-/// Steps 1 and 2: the batch's one transaction, with the part file staged before
-/// its COMMIT, once the rows PostgreSQL refuses are known (the file holds exactly
-/// the rows written). `Err` means nothing was committed.
+/// The part files of a batch still staged, per output.
+fn staged_files(csv: &[Option<CsvSink>], batch: Uuid) -> Vec<StagedFile> {
+    csv.iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.as_ref()?.staged(batch)?)))
+        .collect()
+}
+
+/// Steps 1 and 2: the batch's one transaction, every output's rows in it, each
+/// output's part file staged before its COMMIT, once the rows PostgreSQL refuses
+/// are known (a file holds exactly the rows written). `Err` means nothing was
+/// committed.
 async fn transaction(
     pg: &mut PgSink,
-    csv: &CsvSink,
+    csv: &[Option<CsvSink>],
     batch: &Batch<'_>,
 ) -> Result<Transaction, Error> {
-    let (client, target, upsert) = pg.session().await?;
+    let (client, target, writes) = pg.session().await?;
     let mut tx = client.transaction().await?;
-    let encoded = batch.encoded;
-    let mut refused: Vec<(RowAt, String)> = encoded
-        .rejected
-        .iter()
-        .map(|r| (r.at, r.reason.clone()))
-        .collect();
-    let mut rows_written = 0u64;
-    let mut not_written: HashSet<RowAt> = refused.iter().map(|(at, _)| *at).collect();
-    if encoded.rows > 0 {
-        let copy_refused = postgres::copy_rows(&mut tx, target, encoded).await?;
-        let (written, merge_refused) = postgres::merge(&mut tx, upsert, encoded.rows).await?;
-        rows_written = written;
-        let staged_rows = encoded.rows as usize - copy_refused.len() - merge_refused.len();
-        if (written as usize) < staged_rows {
-            // Some rows were kept out by the guard or superseded: find which.
-            let skipped = postgres::not_written(&tx, target).await?;
-            not_written.extend(skipped.iter().map(|ord| encoded.rows_at[*ord as usize]));
-        }
-        let at = |(ord, reason): (i64, String)| (encoded.rows_at[ord as usize], reason);
-        refused.extend(copy_refused.into_iter().chain(merge_refused).map(at));
-        not_written.extend(refused.iter().map(|(at, _)| *at));
-    }
-    let staged = stage_written(csv, batch, &not_written)?;
-    let rejected_rows = refused.len() as u64;
     let mut dead: Vec<DeadLetter> = batch.dead_letters.to_vec();
-    dead.extend(
-        batch
-            .provenance
-            .dead_letters(batch.output, refused, &target.topic),
-    );
+    let (mut staged, mut rows_written, mut rejected_rows) = (Vec::new(), Vec::new(), 0);
+    let tables = target.tables.iter().zip(writes).zip(batch.outputs);
+    for (i, ((table, write), out)) in tables.enumerate() {
+        let written = write_output(&mut tx, table, write, &out.encoded).await?;
+        if let Some(sink) = &csv[i]
+            && let Some(s) = stage_written(sink, batch.id, &out.rows, &written.not_written)?
+        {
+            staged.push((i, s));
+        }
+        rejected_rows += written.refused.len() as u64;
+        let refused = match target.tables.len() {
+            1 => written.refused,
+            _ => written
+                .refused
+                .into_iter()
+                .map(|(at, r)| (at, format!("output {:?}: {r}", table.output)))
+                .collect(),
+        };
+        dead.extend(
+            out.provenance
+                .dead_letters(&out.rows, refused, &target.topic),
+        );
+        rows_written.push(written.rows);
+    }
     if !dead.is_empty() {
         let table = &target.dead_letter_table;
         dead_letter::insert(&mut tx, table, &target.group, batch.id, &dead).await?;
@@ -386,15 +425,22 @@ async fn transaction(
             return Ok(Transaction::Conflict { staged });
         }
     }
-    let part_file = staged.as_ref().map(|s| part_name(s.batch));
+    let part_file = staged.first().map(|(_, s)| part_name(s.batch));
+    let tables: Vec<&str> = target.tables.iter().map(|t| t.name.as_str()).collect();
     let record = BatchRecord {
         id: batch.id,
         group: &target.group,
         topic: &target.topic,
-        output_table: &target.table,
+        output_table: &tables.join(", "),
         part_file: part_file.as_deref(),
         records: batch.records,
-        rows_written,
+        rows_written: rows_written.iter().sum(),
+        per_output: target
+            .tables
+            .iter()
+            .map(|t| t.output.as_str())
+            .zip(rows_written.iter().copied())
+            .collect(),
         dead_letters: dead.len() as u64,
         advances: batch.advances,
     };
@@ -408,21 +454,71 @@ async fn transaction(
     Ok(Transaction::Committed { figures, staged })
 }
 
+/// What writing one output's rows did.
+struct Written {
+    rows: u64,
+    /// Rows refused by the encoder or PostgreSQL, with the reason.
+    refused: Vec<(RowAt, String)>,
+    /// Rows not in the table as staged: refused, kept out by the guard, or
+    /// superseded in the batch (upsert). The part file leaves them out.
+    not_written: HashSet<RowAt>,
+}
+
+/// One output's rows into its table: COPY into its stage, then its write
+/// statement, both isolating the rows PostgreSQL refuses.
+async fn write_output(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    table: &Table,
+    write: &str,
+    encoded: &Encoded,
+) -> Result<Written, Error> {
+    let mut refused: Vec<(RowAt, String)> = encoded
+        .rejected
+        .iter()
+        .map(|r| (r.at, r.reason.clone()))
+        .collect();
+    let mut not_written: HashSet<RowAt> = refused.iter().map(|(at, _)| *at).collect();
+    if encoded.rows == 0 {
+        return Ok(Written {
+            rows: 0,
+            refused,
+            not_written,
+        });
+    }
+    let copy_refused = postgres::copy_rows(tx, table, encoded).await?;
+    let (rows, write_refused) = postgres::write_rows(tx, write, encoded.rows).await?;
+    let staged_rows = encoded.rows as usize - copy_refused.len() - write_refused.len();
+    if matches!(table.mode, Mode::Upsert(_)) && (rows as usize) < staged_rows {
+        // Some rows were kept out by the guard or superseded: find which.
+        let skipped = postgres::not_written(tx, table).await?;
+        not_written.extend(skipped.iter().map(|ord| encoded.rows_at[*ord as usize]));
+    }
+    let at = |(ord, reason): (i64, String)| (encoded.rows_at[ord as usize], reason);
+    refused.extend(copy_refused.into_iter().chain(write_refused).map(at));
+    not_written.extend(refused.iter().map(|(at, _)| *at));
+    Ok(Written {
+        rows,
+        refused,
+        not_written,
+    })
+}
+
 /// Stages the part file of the rows written: the output without the rows that
 /// were refused, kept out by the guard or superseded.
 fn stage_written(
     csv: &CsvSink,
-    batch: &Batch<'_>,
+    batch: Uuid,
+    rows: &[RecordBatch],
     not_written: &HashSet<RowAt>,
 ) -> Result<Option<Staged>, Error> {
     let kept;
     let rows = if not_written.is_empty() {
-        batch.output
+        rows
     } else {
-        kept = without(batch.output, not_written)?;
+        kept = without(rows, not_written)?;
         &kept[..]
     };
-    Ok(csv.stage(batch.id, rows)?)
+    Ok(csv.stage(batch, rows)?)
 }
 
 /// The output without the rows at the given places.

@@ -142,6 +142,14 @@ pub struct Config {
     #[arg(long, env = "TRANSFORM_SQL", global = true)]
     pub transform_sql: Option<PathBuf>,
 
+    /// A pipeline file (TOML) defining several outputs, each a query, a table with a
+    /// write mode (upsert, append, merge) and optionally part files; replaces
+    /// --transform-sql, --table, --key-column and --order-by, which are refused
+    /// beside it (see README, "Several outputs").
+    #[arg(long, env = "PIPELINE", global = true,
+          conflicts_with_all = ["transform_sql", "order_by", "table", "key_column"])]
+    pub pipeline: Option<PathBuf>,
+
     /// Process everything present at start-up, commit, and exit 0.
     #[arg(long, env = "AVAILABLE_NOW")]
     pub available_now: bool,
@@ -246,26 +254,18 @@ pub struct ResetArgs {
 }
 
 /// What the configuration gives once checked without any service: identifiers
-/// validated and quoted, the transform planned, the output columns.
+/// validated and quoted, every output's query planned.
 pub struct Checked {
-    pub table: String,
+    pub outputs: Vec<crate::outputs::Output>,
     pub dead_letter_table: String,
-    pub key: String,
-    pub transform: crate::transform::Transform,
-    /// The transform's output columns (the CSV header).
-    pub columns: Vec<crate::sink::Column>,
-    pub guard: crate::sink::postgres::Guard,
 }
 
 impl Checked {
-    /// Where everything goes: the table (with the guard's columns), the dead-letter
-    /// table, and this configuration's group and topic.
+    /// Where everything goes: each output's table, the dead-letter table, and this
+    /// configuration's group and topic.
     pub fn target(&self, config: &Config) -> crate::sink::postgres::Target {
         crate::sink::postgres::Target {
-            table: self.table.clone(),
-            key: self.key.clone(),
-            columns: self.guard.columns(&self.columns),
-            guard: self.guard.clone(),
+            tables: self.outputs.iter().map(|o| o.table.clone()).collect(),
             dead_letter_table: self.dead_letter_table.clone(),
             group: config.group.clone(),
             topic: config.topic.clone(),
@@ -274,55 +274,21 @@ impl Checked {
 }
 
 impl Config {
-    /// Checks names and plans the SQL; shared by the pipeline and `consumer validate`.
+    /// Checks names and plans every output's SQL; shared by the pipeline and
+    /// `consumer validate`.
     pub async fn check(&self) -> Result<Checked, crate::Error> {
         use crate::Error;
-        use crate::sink::{self, column_ident, table_ident};
-        let table = table_ident(&self.table).map_err(Error::Config)?;
-        let dead_letter_table = table_ident(&self.dead_letter_table).map_err(Error::Config)?;
-        let key = column_ident(&self.key_column).map_err(Error::Config)?;
-        let transform = crate::transform::Transform::new(&self.sql()?).await?;
-        let columns = sink::columns(&transform.output_schema()).map_err(Error::Config)?;
-        if !columns.iter().any(|c| c.name == self.key_column) {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(Error::Config(format!(
-                "the transform's output has no key column {:?} (columns: {}); \
-                 select it or set --key-column",
-                self.key_column,
-                names.join(", ")
-            )));
-        }
-        let guard = self.guard(&columns)?;
-        Ok(Checked {
-            table,
-            dead_letter_table,
-            key,
-            transform,
-            columns,
-            guard,
-        })
-    }
-
-    /// The upsert's ordering guard: `--order-by`, a column of the output, or the
-    /// Kafka position of each row's record.
-    fn guard(
-        &self,
-        columns: &[crate::sink::Column],
-    ) -> Result<crate::sink::postgres::Guard, crate::Error> {
-        use crate::sink::postgres::Guard;
-        let Some(order_by) = &self.order_by else {
-            return Ok(Guard::Kafka);
+        let dead_letter_table =
+            crate::sink::table_ident(&self.dead_letter_table).map_err(Error::Config)?;
+        let specs = match &self.pipeline {
+            Some(file) => crate::outputs::file::load(file, &self.output_dir)?,
+            None => vec![crate::outputs::from_flags(self, self.sql()?)],
         };
-        let quoted = crate::sink::column_ident(order_by).map_err(crate::Error::Config)?;
-        if !columns.iter().any(|c| &c.name == order_by) || *order_by == self.key_column {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(crate::Error::Config(format!(
-                "--order-by {order_by:?} must be an output column other than the key \
-                 (columns: {})",
-                names.join(", ")
-            )));
-        }
-        Ok(Guard::Column(quoted))
+        let outputs = crate::outputs::check_all(&specs, &dead_letter_table).await?;
+        Ok(Checked {
+            outputs,
+            dead_letter_table,
+        })
     }
 
     /// The transform SQL: the user's file, or the default shipped with the binary.
@@ -365,6 +331,20 @@ mod tests {
         assert_eq!(default_of("output-dir"), "output_data");
         assert_eq!(default_of("trigger-interval"), "1s");
         assert_eq!(default_of("starting-offsets"), "earliest");
+    }
+
+    #[test]
+    fn a_pipeline_file_replaces_the_single_output_flags() {
+        let ok = Config::try_parse_from(["consumer", "--pipeline", "p.toml", "--group", "g"]);
+        assert!(ok.is_ok_and(|c| c.pipeline.is_some()));
+        for flag in ["--table", "--key-column", "--order-by", "--transform-sql"] {
+            let args = ["consumer", "--pipeline", "p.toml", flag, "x"];
+            let err = Config::try_parse_from(args).err().map(|e| e.to_string());
+            assert!(
+                err.is_some_and(|e| e.contains("cannot be used with")),
+                "{flag}"
+            );
+        }
     }
 
     #[test]

@@ -191,12 +191,12 @@ pub struct Provenance {
 pub const RANK_COLUMNS: [&str; 2] = ["_kafka_partition", "_kafka_offset"];
 
 impl Provenance {
-    /// `input` is the batch the transform read; `key` the output's key column.
-    pub fn new(input: RecordBatch, key: &str) -> Self {
-        let key = input
-            .schema()
-            .column_with_name(key)
-            .map(|_| key.to_string());
+    /// `input` is the batch the transform read; `key` the output's key column
+    /// (`None`: the output's rows are not one record's, an aggregate's say).
+    pub fn new(input: RecordBatch, key: Option<&str>) -> Self {
+        let key = key
+            .filter(|k| input.schema().column_with_name(k).is_some())
+            .map(str::to_string);
         Self {
             input,
             key,

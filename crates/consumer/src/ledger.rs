@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS pipeline_batches (
     rows_written   bigint      NOT NULL,
     dead_letters   bigint      NOT NULL,
     offsets        jsonb       NOT NULL,
-    committed_at   timestamptz NOT NULL DEFAULT now()
+    committed_at   timestamptz NOT NULL DEFAULT now(),
+    outputs        jsonb
 );
 CREATE TABLE IF NOT EXISTS pipeline_gaps (
     id             bigserial   PRIMARY KEY,
@@ -163,19 +164,71 @@ pub async fn advance(
     Ok(n == 1)
 }
 
-/// The figures a committed batch recorded (rows written, dead letters), or `None`
-/// when it did not commit. Used when a commit's answer was lost.
+/// Brings a batch log created by an earlier version up to date (the per-output
+/// figures). Checked first: `ALTER TABLE` locks the table even when there is
+/// nothing to add.
+pub async fn upgrade(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let has: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pipeline_batches'::regclass
+                            AND attname = 'outputs' AND NOT attisdropped)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !has {
+        tx.batch_execute("ALTER TABLE pipeline_batches ADD COLUMN IF NOT EXISTS outputs jsonb")
+            .await?;
+    }
+    Ok(())
+}
+
+/// What a committed batch recorded: rows written in all, per output (by name),
+/// and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub rows_written: u64,
+    pub per_output: BTreeMap<String, u64>,
+    pub dead_letters: u64,
+}
+
+impl Recorded {
+    /// The rows written into each of `outputs` (a batch logged before outputs
+    /// were recorded had one output: all of them).
+    pub fn rows_of(&self, outputs: &[&str]) -> Vec<u64> {
+        match outputs {
+            [_] if self.per_output.is_empty() => vec![self.rows_written],
+            _ => outputs
+                .iter()
+                .map(|o| self.per_output.get(*o).copied().unwrap_or(0))
+                .collect(),
+        }
+    }
+}
+
+/// The figures a committed batch recorded, or `None` when it did not commit.
+/// Used when a commit's answer was lost.
 pub async fn recorded(
     client: &impl GenericClient,
     batch: Uuid,
-) -> Result<Option<(u64, u64)>, tokio_postgres::Error> {
+) -> Result<Option<Recorded>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT rows_written, dead_letters FROM pipeline_batches WHERE batch_id = $1",
+            "SELECT rows_written, dead_letters, outputs FROM pipeline_batches WHERE batch_id = $1",
             &[&batch],
         )
         .await?;
-    Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+    Ok(row.map(|r| {
+        let outputs: Option<serde_json::Value> = r.get(2);
+        let per_output = outputs
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        Recorded {
+            rows_written: r.get::<_, i64>(0) as u64,
+            per_output,
+            dead_letters: r.get::<_, i64>(1) as u64,
+        }
+    }))
 }
 
 /// What the batch log records of a batch.
@@ -183,10 +236,13 @@ pub struct BatchRecord<'a> {
     pub id: Uuid,
     pub group: &'a str,
     pub topic: &'a str,
+    /// The outputs' tables, `, `-separated.
     pub output_table: &'a str,
     pub part_file: Option<&'a str>,
     pub records: u64,
+    /// Rows written, in all and per output name.
     pub rows_written: u64,
+    pub per_output: BTreeMap<&'a str, u64>,
     pub dead_letters: u64,
     pub advances: &'a [Advance],
 }
@@ -212,8 +268,9 @@ pub async fn record_batch(
         .into();
     tx.execute(
         "INSERT INTO pipeline_batches (batch_id, consumer_group, topic, output_table, part_file,
-                                       records, rows_written, dead_letters, offsets, committed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())",
+                                       records, rows_written, dead_letters, offsets, outputs,
+                                       committed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp())",
         &[
             &b.id,
             &b.group,
@@ -224,6 +281,7 @@ pub async fn record_batch(
             &(b.rows_written as i64),
             &(b.dead_letters as i64),
             &ranges,
+            &serde_json::json!(b.per_output),
         ],
     )
     .await?;

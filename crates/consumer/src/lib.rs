@@ -11,13 +11,16 @@
 //! - [`gaps`]: positions outside the log (retention, a recreated topic), decided
 //!   and recorded, never silent.
 //! - [`dead_letter`]: dead letters, built and stored in one place.
-//! - [`transform`]: the batch's SQL query, run by DataFusion.
+//! - [`outputs`]: the pipeline's outputs (a query, a table and its write mode,
+//!   part files), from the flags or a pipeline file.
+//! - [`transform`]: an output's SQL query, run by DataFusion.
 //! - [`commit`]: the exactly-once commit of a batch: the part file staged, one
 //!   PostgreSQL transaction (rows, dead letters, offsets, batch log), the file
 //!   promoted; and the recovery of what a dead process left staged.
 //! - [`ledger`]: the pipeline's own tables (offsets, batch log, replays) and its
 //!   advisory locks.
-//! - [`sink`]: the user's output table in PostgreSQL, CSV part files, binary COPY.
+//! - [`sink`]: the outputs' tables in PostgreSQL (upsert, append, merge), CSV part
+//!   files, binary COPY.
 //! - [`backpressure`]: when to stop polling, and when to pause, while a batch commits.
 //! - [`retry`]: what is worth retrying, and the backoff loop that does it.
 //! - [`pipeline`]: the micro-batch loop driving them.
@@ -35,6 +38,7 @@ pub mod decode;
 pub mod gaps;
 pub mod ledger;
 pub mod operator;
+pub mod outputs;
 pub mod partitions;
 pub mod pipeline;
 pub mod retry;

@@ -29,12 +29,12 @@ use crate::dead_letter::{self, Stage};
 use crate::decode::Origin;
 use crate::gaps;
 use crate::ledger::Advance;
+use crate::outputs::Output;
 use crate::partitions::Partitions;
 use crate::sink::csv::CsvSink;
-use crate::sink::postgres::{PgSink, Target};
+use crate::sink::postgres::PgSink;
 use crate::source::{self, KafkaConsumer, OffsetOracle, PipelineContext};
 use crate::telemetry::{Metrics, Readiness};
-use crate::transform::Transform;
 
 /// How often gauges and readiness are refreshed while nothing else happens.
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
@@ -79,14 +79,24 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     // Everything that can be checked without a service comes first.
     let checked = config.check().await?;
     let instance = Uuid::new_v4();
-    let csv = CsvSink::open(&config.output_dir, instance)?;
+    let csv = checked
+        .outputs
+        .iter()
+        .map(|o| {
+            o.part_files
+                .as_deref()
+                .map(|dir| CsvSink::open(dir, instance))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let readiness = Readiness::new(&config)?;
     if let Some(addr) = config.metrics_addr {
         let handle = common::telemetry::install(Duration::from_secs(30))?;
         let bound = common::telemetry::serve(addr, handle, readiness.check(), stop.clone()).await?;
         info!(message = "Serving /metrics, /healthz and /readyz.", addr = %bound);
     }
-    let metrics = Metrics::new(&config.topic);
+    let names: Vec<&str> = checked.outputs.iter().map(|o| o.name.as_str()).collect();
+    let metrics = Metrics::new(&config.topic, &names);
 
     check_topic(&config).await?;
 
@@ -121,8 +131,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         config: &config,
         consumer: &consumer,
         partitions: Partitions::default(),
-        transform: &checked.transform,
-        target: committer.target().clone(),
+        outputs: &checked.outputs,
         metrics,
         readiness: &readiness,
         summary: RunSummary::default(),
@@ -189,9 +198,8 @@ struct LoopState<'a> {
     config: &'a Config,
     consumer: &'a KafkaConsumer,
     partitions: Partitions,
-    transform: &'a Transform,
-    /// The table's columns and guard (what a batch is encoded for).
-    target: Target,
+    /// What each batch is transformed into and written to.
+    outputs: &'a [Output],
     metrics: Metrics,
     readiness: &'a Readiness,
     summary: RunSummary,
@@ -399,14 +407,7 @@ impl LoopState<'_> {
         stop: &CancellationToken,
     ) -> Result<Collecting, Error> {
         let generation = self.partitions.generation();
-        let prepared = batch::prepare(
-            batch,
-            self.transform,
-            &self.target,
-            self.config,
-            &self.partitions,
-        )
-        .await?;
+        let prepared = batch::prepare(batch, self.outputs, self.config, &self.partitions).await?;
         let (outcome, mut next) = self
             .commit_while_polling(&prepared, committer, stop)
             .await?;
@@ -451,10 +452,8 @@ impl LoopState<'_> {
     ) -> Result<(Outcome, Collecting), Error> {
         let batch = commit::Batch {
             id: prepared.id,
-            output: &prepared.output,
-            encoded: &prepared.encoded,
+            outputs: &prepared.outputs,
             dead_letters: &prepared.dead,
-            provenance: &prepared.provenance,
             advances: &prepared.advances,
             records: prepared.records,
         };
@@ -506,31 +505,40 @@ impl LoopState<'_> {
     /// Metrics, the run's summary and the log line of a committed batch.
     fn report(&mut self, p: &Prepared, c: &Committed) {
         let elapsed = p.started.elapsed();
-        let filtered = p.input_rows.saturating_sub(p.output_rows + p.failed_rows);
+        let rows_out: Vec<usize> = p.outputs.iter().map(|o| o.num_rows()).collect();
+        // Input rows an output's query did not turn into rows (an aggregate's are
+        // not counted: its rows are groups, not records).
+        let kept = p.input_rows.saturating_sub(p.failed_rows);
+        for ((output, rows), written) in self.outputs.iter().zip(&rows_out).zip(&c.rows_written) {
+            let filtered = match output.table.mode {
+                crate::sink::postgres::Mode::Merge(_) => 0,
+                _ => kept.saturating_sub(*rows),
+            };
+            self.metrics.output(&output.name, *written, filtered as u64);
+        }
         self.metrics.batches.increment(1);
         self.metrics.batch_duration.record(elapsed.as_secs_f64());
-        self.metrics.rows_written.increment(c.rows_written);
-        self.metrics.rows_filtered.increment(filtered as u64);
         let sink_stage = (0..c.rejected_rows).map(|_| Stage::Sink);
         self.metrics
             .dead_letters(p.dead.iter().map(|d| d.stage).chain(sink_stage));
         self.metrics.committed_now();
         self.observe();
+        let rows_written: u64 = c.rows_written.iter().sum();
         self.summary.batches += 1;
         self.summary.records += p.records;
-        self.summary.rows_written += c.rows_written;
+        self.summary.rows_written += rows_written;
         self.summary.dead_letters += c.dead_letters;
         info!(
             message = "Batch committed.",
             batch = %p.id,
             records = p.records,
-            rows_out = p.output_rows,
-            rows_written = c.rows_written,
-            filtered,
+            rows_out = %describe_counts(&rows_out),
+            rows_written = %describe_counts(&c.rows_written),
+            filtered = kept.saturating_sub(rows_out.first().copied().unwrap_or(0)),
             dead_letters = c.dead_letters,
             rejected_rows = c.rejected_rows,
             partitions = %describe_ranges(&p.advances),
-            part_file = c.part_file.as_deref().unwrap_or("-"),
+            part_file = %if c.part_files.is_empty() { "-".to_string() } else { c.part_files.join(" ") },
             duration_ms = elapsed.as_millis() as u64,
             rows_per_s = (p.records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
         );
@@ -617,6 +625,15 @@ impl LoopState<'_> {
             let _ = self.consumer.commit(&tpl, CommitMode::Async);
         }
     }
+}
+
+/// Per output figures for the log line: `12` with one output, `12/3` with two.
+fn describe_counts<T: std::fmt::Display>(counts: &[T]) -> String {
+    counts
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn describe_ranges(advances: &[Advance]) -> String {

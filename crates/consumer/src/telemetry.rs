@@ -40,8 +40,8 @@ pub type PartitionState = (Option<i64>, Option<(i64, i64)>);
 pub struct Metrics {
     pub records: Counter,
     pub bytes: Counter,
-    pub rows_written: Counter,
-    pub rows_filtered: Counter,
+    /// Per output (the `output` label): rows written, rows filtered.
+    outputs: HashMap<String, (Counter, Counter)>,
     pub batches: Counter,
     pub batch_duration: Histogram,
     pub commit_duration: Histogram,
@@ -55,7 +55,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(topic: &str) -> Self {
+    /// `outputs`: the outputs' names, each the `output` label of its row counters.
+    pub fn new(topic: &str, outputs: &[&str]) -> Self {
         common::telemetry::build_info("users_pipeline_consumer", env!("CARGO_PKG_VERSION"));
         // Registered with zero so that a scrape before the first batch sees them.
         for stage in Stage::ALL {
@@ -68,8 +69,20 @@ impl Metrics {
         Self {
             records: counter!(RECORDS_CONSUMED),
             bytes: counter!(BYTES_CONSUMED),
-            rows_written: counter!(ROWS_WRITTEN),
-            rows_filtered: counter!(ROWS_FILTERED),
+            outputs: outputs
+                .iter()
+                .map(|o| {
+                    let label = [("output", o.to_string())];
+                    let counters = (
+                        counter!(ROWS_WRITTEN, &label),
+                        counter!(ROWS_FILTERED, &label),
+                    );
+                    // Registered with zero: a scrape before the first batch sees them.
+                    counters.0.increment(0);
+                    counters.1.increment(0);
+                    (o.to_string(), counters)
+                })
+                .collect(),
             batches: counter!(BATCHES),
             batch_duration: histogram!(BATCH_DURATION),
             commit_duration: histogram!(COMMIT_DURATION),
@@ -77,6 +90,14 @@ impl Metrics {
             topic: topic.to_string(),
             last_commit: None,
             reported: Default::default(),
+        }
+    }
+
+    /// What a batch did to an output.
+    pub fn output(&self, name: &str, written: u64, filtered: u64) {
+        if let Some((w, f)) = self.outputs.get(name) {
+            w.increment(written);
+            f.increment(filtered);
         }
     }
 

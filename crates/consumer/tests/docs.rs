@@ -54,21 +54,24 @@ fn env_names(command: &clap::Command) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn readme_configuration_table_matches_the_binaries() {
-    let generated = format!(
-        "{}\n{}",
-        table("producer", &producer::Config::command()),
-        table("consumer", &consumer::Config::command())
-    );
+/// Checks (or, with `UPDATE_DOCS`, rewrites) the README between two markers.
+fn generated_section(marker: &str, generated: &str) {
+    // Tests run in parallel: one rewrite of the README at a time.
+    static README: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = README.lock().unwrap_or_else(|e| e.into_inner());
     let path = repo("README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
-    let (begin, end) = ("<!-- config:begin -->\n", "<!-- config:end -->");
+    let (begin, end) = (
+        format!("<!-- {marker}:begin -->\n"),
+        format!("<!-- {marker}:end -->"),
+    );
     let start = readme
-        .find(begin)
-        .expect("README has a config:begin marker")
+        .find(&begin)
+        .unwrap_or_else(|| panic!("README has a {marker}:begin marker"))
         + begin.len();
-    let stop = readme.find(end).expect("README has a config:end marker");
+    let stop = readme
+        .find(&end)
+        .unwrap_or_else(|| panic!("README has a {marker}:end marker"));
     if std::env::var_os("UPDATE_DOCS").is_some() {
         let updated = format!("{}{}{}", &readme[..start], generated, &readme[stop..]);
         std::fs::write(&path, updated).unwrap();
@@ -76,9 +79,28 @@ fn readme_configuration_table_matches_the_binaries() {
     }
     assert_eq!(
         readme[start..stop],
-        generated,
-        "README configuration table is stale: run UPDATE_DOCS=1 cargo test -p consumer --test docs"
+        *generated,
+        "README section {marker} is stale: run UPDATE_DOCS=1 cargo test -p consumer --test docs"
     );
+}
+
+#[test]
+fn readme_configuration_table_matches_the_binaries() {
+    let generated = format!(
+        "{}\n{}",
+        table("producer", &producer::Config::command()),
+        table("consumer", &consumer::Config::command())
+    );
+    generated_section("config", &generated);
+}
+
+#[test]
+fn readme_lists_every_key_of_the_pipeline_file() {
+    let mut generated = String::from("| key | meaning |\n|---|---|\n");
+    for (key, meaning) in consumer::outputs::file::KEYS {
+        generated.push_str(&format!("| `{key}` | {meaning} |\n"));
+    }
+    generated_section("pipeline-keys", &generated);
 }
 
 #[test]

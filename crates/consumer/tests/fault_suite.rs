@@ -159,8 +159,13 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     // backlog in a second or two, and a round needs fresh records to commit.
     let publisher = publish_paced(&s, events.clone(), bad, Duration::from_millis(2_500));
     let total = (events.len() + bad) as i64;
+    // Three outputs in one transaction per batch: users (upsert), the shipped
+    // sign-ups aggregate (merge) and a log of every record (append), so that a kill
+    // that double-counted or lost a batch anywhere shows in the aggregate check.
+    let pipeline = support::outputs::example_with_log(s.out_dir());
     let args = [
         &["--max-batch-records", "1000", "--trigger-interval", "50ms"][..],
+        &["--pipeline", pipeline.to_str().unwrap()],
         &FAST_REJOIN,
     ]
     .concat();
@@ -193,15 +198,21 @@ async fn crash_loop_with_sigkill_and_sigterm() {
     let out = s.run_available_now(&args);
     restarts += 1;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let logged = s.count("SELECT count(*) FROM signups_log").await;
+    let mismatches = s.count(support::outputs::AGGREGATE_VS_LOG).await;
     report_and_check(
         &s,
         "crash-loop",
         &events,
         bad,
-        &format!("kills={kills} sigterms=1 restarts={restarts} batches={seen}+"),
+        &format!(
+            "kills={kills} sigterms=1 restarts={restarts} batches={seen}+ outputs=3 \
+             logged={logged} aggregate_mismatches={mismatches}"
+        ),
         started,
     )
     .await;
+    s.assert_outputs_exactly_once(events.len() as i64).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

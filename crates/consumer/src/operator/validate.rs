@@ -9,16 +9,26 @@ use crate::sink::postgres::{self, PgError, Target};
 /// `consumer validate`.
 pub(super) async fn run(config: &Config) -> Result<(), Error> {
     let checked = config.check().await?;
-    let (table, columns) = (&checked.table, &checked.columns);
-    println!(
-        "ok: transform SQL plans; output columns: {}",
-        columns
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.pg.sql()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    check_output_dir(&config.output_dir)?;
+    for output in &checked.outputs {
+        println!(
+            "ok: output {:?} plans ({} into {}{}); columns: {}",
+            output.name,
+            output.table.mode.as_str(),
+            output.table.name,
+            describe_key(&output.table.key),
+            output
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.pg.sql()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("  table: {};", output.table.create_sql());
+        println!("  write: {};", one_line(&output.table.write_sql()));
+        if let Some(dir) = &output.part_files {
+            check_output_dir(dir)?;
+        }
+    }
     let (_consumer, partitions) = admin_consumer(config).await?;
     println!(
         "ok: Kafka {} reachable; topic {:?} has {} partitions",
@@ -31,7 +41,7 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
             Ok(c) => c,
             Err(PgError::NoDatabase(_)) => {
                 println!("note: the database does not exist yet; the consumer would create it");
-                println!("would run: CREATE TABLE {table} ... (the whole schema)");
+                println!("would run: the CREATE TABLEs above, and the pipeline's own tables");
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -40,7 +50,7 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
     let target = checked.target(config);
     let plan = plan(&client, &target).await?;
     if plan.is_empty() {
-        println!("ok: table {table} matches the transform's output; nothing to change");
+        println!("ok: every table matches its output; nothing to change");
     } else {
         println!("the consumer would run:");
         for ddl in plan {
@@ -49,6 +59,19 @@ pub(super) async fn run(config: &Config) -> Result<(), Error> {
     }
     println!("valid");
     Ok(())
+}
+
+fn describe_key(key: &[String]) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", key.join(", "))
+    }
+}
+
+/// A statement on one line, for printing.
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn check_output_dir(dir: &std::path::Path) -> Result<(), Error> {
@@ -103,6 +126,8 @@ async fn plan(client: &tokio_postgres::Client, target: &Target) -> Result<Vec<St
             plan.push(ddl);
         }
     }
-    plan.extend(postgres::plan_table(client, target).await?);
+    for table in &target.tables {
+        plan.extend(table.plan(client).await?);
+    }
     Ok(plan)
 }

@@ -1,7 +1,8 @@
 //! The two sinks of a batch and what they share.
 //!
-//! - [`postgres`]: upserts rows, dead letters and offsets in one transaction.
+//! - [`postgres`]: the session, and the COPY and write of a batch's rows.
 //! - [`csv`]: stages a part file before that transaction and promotes it after.
+//! - [`table`]: an output's table and its write mode (upsert, append, merge).
 //! - [`copy`]: the binary COPY encoder feeding [`postgres`].
 //! - [`pg_error`]: PostgreSQL's errors and what each means for a batch.
 //!
@@ -13,6 +14,7 @@ pub mod csv;
 pub mod pg_error;
 pub mod pg_tls;
 pub mod postgres;
+pub mod table;
 
 use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
 

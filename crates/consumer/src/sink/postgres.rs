@@ -1,13 +1,12 @@
-//! PostgreSQL: the user's output table and the consumer's session.
+//! PostgreSQL: the consumer's session, and how a batch's rows get into a table.
 //!
-//! Rows are staged with binary COPY into a temporary table, then merged with one
-//! `INSERT ... SELECT DISTINCT ON (key) ... ON CONFLICT DO UPDATE`, which keeps the
-//! last row per key of the batch (so a query that forgets to de-duplicate never hits
-//! "ON CONFLICT DO UPDATE command cannot affect row a second time"). A row that the
-//! database refuses must neither stop nor loop the pipeline: [`merge`] retries the
-//! statement on halves of the batch under savepoints until the refused rows are
-//! isolated. Which failures are about rows, which heal by waiting and which need an
-//! operator is decided once, by SQLSTATE, in [`fault`] (`sink::pg_error`).
+//! Each output's rows are staged with binary COPY into a temporary table of its
+//! own, then written with the output's write statement (`sink::table`: upsert,
+//! append or merge). A row that the database refuses must neither stop nor loop
+//! the pipeline: [`copy_rows`] and [`write_rows`] retry their statement on halves
+//! of the batch under savepoints until the refused rows are isolated. Which
+//! failures are about rows, which heal by waiting and which need an operator is
+//! decided once, by SQLSTATE, in [`fault`] (`sink::pg_error`).
 //!
 //! The batch's transaction itself (rows, dead letters, offsets, batch log) is
 //! `commit`'s; the pipeline's own tables are the `ledger`'s.
@@ -17,13 +16,14 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::copy::Encoded;
 pub use super::pg_error::{ConnectError, Fault, PgCause, PgError, fault, fault_of, reason};
 pub use super::pg_tls::Endpoint;
+pub use super::table::{Combine, Mode, Table};
 use super::{Column, quote_ident};
 use crate::dead_letter::RANK_COLUMNS;
 use crate::ledger::{self, locks};
@@ -61,40 +61,14 @@ impl Guard {
     }
 }
 
-/// Where everything goes, with identifiers already checked and quoted.
+/// Where everything goes, with identifiers already checked and quoted: each
+/// output's table, and the pipeline's own (dead letters, offsets by group and topic).
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub table: String,
-    pub key: String,
-    /// The table's columns: the output's, and the guard's ([`Guard::columns`]).
-    pub columns: Vec<Column>,
-    pub guard: Guard,
+    pub tables: Vec<Table>,
     pub dead_letter_table: String,
     pub group: String,
     pub topic: String,
-}
-
-impl Target {
-    /// The table's column names, quoted.
-    pub fn quoted_columns(&self) -> Vec<String> {
-        self.columns.iter().map(|c| quote_ident(&c.name)).collect()
-    }
-
-    /// The binary COPY into this session's staging table (the columns, then `__ord`).
-    pub fn copy_sql(&self) -> String {
-        format!(
-            "COPY pg_temp.pipeline_stage ({}, __ord) FROM STDIN (FORMAT binary)",
-            self.quoted_columns().join(", ")
-        )
-    }
-
-    /// The table's columns as in CREATE TABLE: quoted name and type.
-    fn column_definitions(&self) -> Vec<String> {
-        self.columns
-            .iter()
-            .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
-            .collect()
-    }
 }
 
 /// The consumer's PostgreSQL session: a connection that holds the instance and
@@ -105,7 +79,8 @@ pub struct PgSink {
     client: Option<Client>,
     target: Target,
     display: String,
-    upsert: String,
+    /// Each output's write statement, in output order.
+    writes: Vec<String>,
     retry: Duration,
 }
 
@@ -138,7 +113,7 @@ impl PgSink {
                 });
             }
         };
-        let upsert = upsert_sql(&target);
+        let writes = target.tables.iter().map(Table::write_sql).collect();
         lock_session(&client, instance, &target.group).await?;
         let mut sink = Self {
             instance,
@@ -146,7 +121,7 @@ impl PgSink {
             client: Some(client),
             target,
             display,
-            upsert,
+            writes,
             retry: timeout,
         };
         sink.prepare_schema().await?;
@@ -174,7 +149,7 @@ impl PgSink {
                         target: self.display.clone(),
                         cause,
                     })?;
-            stage_table(&client, &self.target).await?;
+            stage_tables(&client, &self.target).await?;
             // The old session may linger on the server for a while (a half-open
             // connection) still holding our instance lock: wait a bounded time and
             // let the caller's backoff try again, rather than hang here.
@@ -193,12 +168,12 @@ impl PgSink {
         }
     }
 
-    /// The client with the target and the merge statement, for a batch's
-    /// transaction (reconnecting if needed).
-    pub async fn session(&mut self) -> Result<(&mut Client, &Target, &str), PgError> {
+    /// The client with the target and each output's write statement, for a
+    /// batch's transaction (reconnecting if needed).
+    pub async fn session(&mut self) -> Result<(&mut Client, &Target, &[String]), PgError> {
         self.client().await?;
         match self.client.as_mut() {
-            Some(c) => Ok((c, &self.target, &self.upsert)),
+            Some(c) => Ok((c, &self.target, &self.writes)),
             None => Err(PgError::Connect {
                 target: self.display.clone(),
                 cause: ConnectError::Closed,
@@ -216,19 +191,22 @@ impl PgSink {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::SCHEMA])
             .await?;
         tx.batch_execute(ledger::DDL).await?;
+        ledger::upgrade(&tx).await?;
         tx.batch_execute(&crate::dead_letter::ddl(&target.dead_letter_table))
             .await?;
         if !crate::dead_letter::upgraded(&tx, &target.dead_letter_table).await? {
             tx.batch_execute(&crate::dead_letter::upgrade(&target.dead_letter_table))
                 .await?;
         }
-        for ddl in plan_table(&tx, &target).await? {
-            tx.batch_execute(&ddl).await?;
-            info!(message = "Changed the table.", table = %target.table, ddl = %ddl);
+        for table in &target.tables {
+            for ddl in table.plan(&tx).await? {
+                tx.batch_execute(&ddl).await?;
+                info!(message = "Changed the table.", table = %table.name, ddl = %ddl);
+            }
         }
         tx.commit().await?;
         let client = self.client().await?;
-        stage_table(client, &target).await
+        stage_tables(client, &target).await
     }
 }
 
@@ -241,10 +219,10 @@ pub type Refused = (i64, String);
 /// on halves under savepoints down to single rows. Any other failure is returned.
 pub async fn copy_rows(
     tx: &mut Transaction<'_>,
-    target: &Target,
+    table: &Table,
     encoded: &Encoded,
 ) -> Result<Vec<Refused>, tokio_postgres::Error> {
-    let copy = target.copy_sql();
+    let copy = table.copy_sql();
     isolate(tx, encoded.rows, async |sp, lo, hi| {
         let sink = sp.copy_in(&copy).await?;
         futures::pin_mut!(sink);
@@ -257,46 +235,33 @@ pub async fn copy_rows(
     .await
 }
 
-/// Upserts rows `0..rows` of the stage, isolating the rows PostgreSQL refuses
+/// Writes rows `0..rows` of a stage into its table with the output's write
+/// statement ([`Table::write_sql`]), isolating the rows PostgreSQL refuses
 /// ([`Fault::Rows`]). Returns the rows written and the refused ones; any other
 /// failure is returned for the caller to retry or report. Halves run in order, so
 /// later rows still win over earlier ones.
-pub async fn merge(
+pub async fn write_rows(
     tx: &mut Transaction<'_>,
-    upsert: &str,
+    write: &str,
     rows: i64,
 ) -> Result<(u64, Vec<Refused>), tokio_postgres::Error> {
     let mut written = 0u64;
     let refused = isolate(tx, rows, async |sp, lo, hi| {
-        written += sp.execute(upsert, &[&lo, &hi]).await?;
+        written += sp.execute(write, &[&lo, &hi]).await?;
         Ok(())
     })
     .await?;
     Ok((written, refused))
 }
 
-/// The staged rows that are not in the table as staged: kept out by the guard (an
-/// older record), or superseded by a later row of the same key in the batch.
-/// Their `__ord`s, so that the part file holds exactly the rows written.
+/// Upsert only: the staged rows that are not in the table as staged: kept out by
+/// the guard (an older record), or superseded by a later row of the same key in
+/// the batch. Their `__ord`s, so that the part file holds exactly the rows written.
 pub async fn not_written(
     tx: &Transaction<'_>,
-    target: &Target,
+    table: &Table,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let cols = target.quoted_columns();
-    let row = |alias: &str| {
-        let qualified: Vec<String> = cols.iter().map(|c| format!("{alias}.{c}")).collect();
-        format!("ROW({})", qualified.join(", "))
-    };
-    let sql = format!(
-        "SELECT s.__ord FROM pg_temp.pipeline_stage s
-         LEFT JOIN {table} t ON t.{key} = s.{key}
-         WHERE t.{key} IS NULL OR {t_row} IS DISTINCT FROM {s_row}",
-        table = target.table,
-        key = target.key,
-        t_row = row("t"),
-        s_row = row("s"),
-    );
-    let rows = tx.query(&sql, &[]).await?;
+    let rows = tx.query(&table.not_written_sql(), &[]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -334,78 +299,6 @@ async fn isolate(
     Ok(refused)
 }
 
-/// What the output table needs: nothing, a CREATE TABLE, or ALTERs adding new
-/// columns. Refuses type changes and a table without a unique index on the key.
-/// Runs nothing, so `consumer validate` can print it.
-pub async fn plan_table(
-    client: &impl GenericClient,
-    target: &Target,
-) -> Result<Vec<String>, PgError> {
-    let schema_error = |reason: String| PgError::Schema {
-        table: target.table.clone(),
-        reason,
-    };
-    let existing = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-            &[&target.table],
-        )
-        .await?;
-    if existing.is_empty() {
-        let cols = target.column_definitions();
-        return Ok(vec![format!(
-            "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
-            target.table,
-            cols.join(", "),
-            target.key
-        )]);
-    }
-    let mut plan = Vec::new();
-    for c in &target.columns {
-        match existing.iter().find(|r| r.get::<_, String>(0) == c.name) {
-            Some(row) => {
-                let have: String = row.get(1);
-                if have != c.pg.sql() {
-                    return Err(schema_error(format!(
-                        "column {:?} is {have} but the transform now produces {}; \
-                         migrate the table or CAST in the query",
-                        c.name,
-                        c.pg.sql()
-                    )));
-                }
-            }
-            None => plan.push(format!(
-                "ALTER TABLE {} ADD COLUMN {} {}",
-                target.table,
-                quote_ident(&c.name),
-                c.pg.sql()
-            )),
-        }
-    }
-    let unique = client
-        .query_opt(
-            "SELECT 1 FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-             WHERE i.indrelid = to_regclass($1) AND i.indisunique
-               AND i.indnkeyatts = 1 AND a.attname = $2
-               -- ON CONFLICT (key) can only use a plain, valid, immediate index.
-               AND i.indpred IS NULL AND i.indexprs IS NULL
-               AND i.indimmediate AND i.indisvalid",
-            &[&target.table, &unquote(&target.key)],
-        )
-        .await?;
-    if unique.is_none() {
-        return Err(schema_error(format!(
-            "no primary key or unique index on {} alone, which the upsert needs",
-            target.key
-        )));
-    }
-    Ok(plan)
-}
-
 /// Connects to the database of `url` without creating anything (operator commands).
 pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, String), PgError> {
     let config = parse_url(url, timeout)?;
@@ -423,57 +316,11 @@ pub async fn connect_existing(url: &str, timeout: Duration) -> Result<(Client, S
     Ok((client, display))
 }
 
-/// The merge statement of a batch: rows `$1..$2` of the stage into the table, the
-/// last row per key of the batch winning, and a stored row replaced only when the
-/// [`Guard`] allows. Public for the benchmark, which measures it on its own.
-pub fn upsert_sql(t: &Target) -> String {
-    let cols = t.quoted_columns();
-    let list = cols.join(", ");
-    let updates: Vec<String> = cols
-        .iter()
-        .filter(|c| **c != t.key)
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
-    let table = &t.table;
-    let (order, allowed) = match &t.guard {
-        Guard::Kafka => {
-            let (p, o) = (quote_ident(RANK_COLUMNS[0]), quote_ident(RANK_COLUMNS[1]));
-            let allowed = format!(
-                "{table}.{p} IS DISTINCT FROM EXCLUDED.{p} OR {table}.{o} IS NULL \
-                 OR EXCLUDED.{o} IS NULL OR {table}.{o} <= EXCLUDED.{o}"
-            );
-            (String::new(), allowed)
-        }
-        Guard::Column(c) => (
-            format!("{c} DESC NULLS LAST, "),
-            format!("{table}.{c} IS NULL OR EXCLUDED.{c} >= {table}.{c}"),
-        ),
-    };
-    let action = if updates.is_empty() {
-        "NOTHING".to_string()
-    } else {
-        format!("UPDATE SET {} WHERE {allowed}", updates.join(", "))
-    };
-    format!(
-        "INSERT INTO {table} ({list})
-         SELECT DISTINCT ON ({key}) {list} FROM pg_temp.pipeline_stage
-         WHERE __ord >= $1 AND __ord < $2
-         ORDER BY {key}, {order}__ord DESC
-         ON CONFLICT ({key}) DO {action}",
-        key = t.key
-    )
-}
-
-/// The per-connection staging table; its rows vanish at each commit.
-async fn stage_table(client: &Client, t: &Target) -> Result<(), PgError> {
-    let cols = t.column_definitions();
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS pg_temp.pipeline_stage;
-             CREATE TEMP TABLE pipeline_stage ({}, __ord bigint NOT NULL) ON COMMIT DELETE ROWS",
-            cols.join(", ")
-        ))
-        .await?;
+/// The per-connection staging tables, one per output.
+async fn stage_tables(client: &Client, t: &Target) -> Result<(), PgError> {
+    for table in &t.tables {
+        client.batch_execute(&table.stage_ddl()).await?;
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod outputs;
 pub mod services;
 
 use std::collections::{BTreeMap, HashMap};
@@ -152,6 +153,8 @@ impl Scenario {
             .flatten()
             .map(|e| e.path())
             .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            // Other outputs' part files live in directories of their own.
+            .filter(|p| p.is_file())
             .collect();
         names.sort();
         names
@@ -218,7 +221,8 @@ impl Scenario {
         let committed: Vec<String> = self
             .db
             .query(
-                "SELECT part_file FROM pipeline_batches WHERE part_file IS NOT NULL AND consumer_group = $1",
+                "SELECT part_file FROM pipeline_batches WHERE part_file IS NOT NULL AND consumer_group = $1
+                 AND coalesce((outputs->>'users')::bigint, rows_written) > 0",
                 &[&self.group],
             )
             .await
@@ -233,9 +237,7 @@ impl Scenario {
         want.sort_unstable();
         assert_eq!(names, want, "part files = committed batches");
         let rows_in_files: usize = files.iter().map(|(_, _, rows)| rows.len()).sum();
-        let rows_written = self
-            .count("SELECT coalesce(sum(rows_written), 0)::bigint FROM pipeline_batches")
-            .await;
+        let rows_written = self.count(USERS_ROWS_WRITTEN).await;
         assert_eq!(
             rows_in_files as i64, rows_written,
             "every written row in exactly one file"
@@ -259,6 +261,23 @@ impl Scenario {
         );
     }
 }
+
+/// The rows of every part file in `dir` (another output's directory).
+pub fn csv_rows(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .map(|p| csv::Reader::from_path(&p).unwrap().records().count())
+        .sum()
+}
+
+/// Rows written into the users output by every batch (with several outputs,
+/// `rows_written` is their sum).
+const USERS_ROWS_WRITTEN: &str = "SELECT coalesce(sum(coalesce((outputs->>'users')::bigint, rows_written)), 0)::bigint FROM pipeline_batches";
 
 /// What a fault scenario measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,9 +306,7 @@ impl Scenario {
         let records = self
             .count("SELECT coalesce(sum(records), 0)::bigint FROM pipeline_batches")
             .await;
-        let written = self
-            .count("SELECT coalesce(sum(rows_written), 0)::bigint FROM pipeline_batches")
-            .await;
+        let written = self.count(USERS_ROWS_WRITTEN).await;
         let in_files: i64 = self.part_files().iter().map(|f| f.2.len() as i64).sum();
         let total = published.len() as i64 + bad;
         Figures {
