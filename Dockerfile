@@ -19,6 +19,8 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/producer /usr/local/bin/consumer /usr/local/bin/
 COPY scripts/container/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY scripts/container/healthcheck.sh /usr/local/bin/healthcheck
+# The example pipeline (users + signups_per_minute_by_country) the compose stack runs.
+COPY crates/consumer/pipelines /etc/users-pipeline/pipelines
 # Non-root by default; started as root (docker compose), the entrypoint runs the program
 # as the owner of the output directory instead.
 ENTRYPOINT ["docker-entrypoint.sh"]

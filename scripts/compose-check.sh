@@ -144,13 +144,17 @@ read_main=$(psql_users "SELECT coalesce(sum(records), 0) FROM pipeline_batches W
 duplicated=$(( read_main > events ? read_main - events : 0 ))
 missing_reads=$(( events > read_main ? events - read_main : 0 ))
 dead_letters=$(psql_users "SELECT count(*) FROM dead_letters") || fail "psql"
-written=$(psql_users "SELECT coalesce(sum(rows_written), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'") || fail "psql"
+written=$(psql_users "SELECT coalesce(sum((outputs->>'users')::bigint), 0) FROM pipeline_batches WHERE consumer_group = 'users-pipeline'") || fail "psql"
+signups=$(psql_users "SELECT coalesce(sum(signups), 0) FROM signups_per_minute_by_country") || fail "psql"
+signup_files=$(find output_data/signups_per_minute_by_country -maxdepth 1 -name 'part-*.csv' | wc -l)
 file_rows=$(find output_data -maxdepth 1 -name 'part-*.csv' -exec tail -n +2 {} \; | wc -l)
-say "events=$events read=$read_main rows=$rows written=$written file_rows=$file_rows dead_letters=$dead_letters"
+say "events=$events read=$read_main rows=$rows written=$written file_rows=$file_rows dead_letters=$dead_letters signups=$signups signup_files=$signup_files"
 [ "$lost" = 0 ] && [ "$extra" = 0 ] || fail "users differ from a rebuild of the topic: lost=$lost extra=$extra"
 [ "$duplicated" = 0 ] && [ "$missing_reads" = 0 ] || fail "records read $read_main times for $events events"
 [ "$written" = "$file_rows" ] || fail "part files hold $file_rows rows, batches wrote $written"
 [ "$dead_letters" = 0 ] || fail "$dead_letters dead letters from the synthetic producer"
+[ "$signups" -gt 0 ] && [ "$signups" -le "$events" ] && [ "$signup_files" -gt 0 ] \
+  || fail "the signups_per_minute_by_country output: $signups sign-ups counted for $events events, $signup_files part files"
 
 say "monitoring profile"
 dc --profile monitoring up -d --wait prometheus >/dev/null 2>"$work/compose.err" || fail "--profile monitoring up"
@@ -163,4 +167,4 @@ rules=$(curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/rules") || fail "Pro
 rules=$(grep -o '"type":"\(alerting\|recording\)"' <<<"$rules" | wc -l)
 [ "$rules" -gt 0 ] || fail "Prometheus loaded no rules"
 
-echo "compose-check: events=$events rows=$rows lost=$lost duplicated=$duplicated dead_letters=$dead_letters file_rows=$file_rows restarts=$restarts tls_sessions=$tls_sessions rules=$rules stand_ins=$standins build_s=$build_s up_s=$up_s total_s=$(( SECONDS - started ))"
+echo "compose-check: events=$events rows=$rows signups=$signups lost=$lost duplicated=$duplicated dead_letters=$dead_letters file_rows=$file_rows restarts=$restarts tls_sessions=$tls_sessions rules=$rules stand_ins=$standins build_s=$build_s up_s=$up_s total_s=$(( SECONDS - started ))"

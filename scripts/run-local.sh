@@ -53,7 +53,9 @@ mkdir -p output_data
 # The topic first (the producer creates it when missing), so the consumer finds it.
 "$bin/producer" --brokers "$KAFKA_BROKERS" --count 0 --progress log >/dev/null 2>&1 \
   || say "the producer could not create the topic; the consumer will say why"
+# The example pipeline, as in docker compose: users and signups_per_minute_by_country.
 "$bin/consumer" --brokers "$KAFKA_BROKERS" --database-url "$database_url" \
+  --pipeline crates/consumer/pipelines/users_and_signups.toml \
   --output-dir output_data --metrics-addr 127.0.0.1:9464 > >(prefix consumer) 2>&1 &
 pids+=($!)
 "$bin/producer" --brokers "$KAFKA_BROKERS" --rate "$rate" --duration 0 --progress log \
