@@ -180,7 +180,7 @@ pub async fn encode_batches(
             );
         }
         let (input, _) = builder.finish();
-        let provenance = Provenance::new(input.clone(), Some("id"));
+        let provenance = Provenance::new(input.clone(), &["id".to_string()]);
         let output = transform.run(input).await?;
         // As the pipeline encodes it: each row with its record's rank (the guard).
         let encoded = copy::encode(

@@ -100,8 +100,7 @@ pub async fn prepare(
             }
             show(&rows, config.show);
         }
-        let provenance =
-            Provenance::new(transformed.input.clone(), output.provenance_key.as_deref());
+        let provenance = Provenance::new(transformed.input.clone(), &output.provenance_key);
         let columns = &output.table.columns;
         // Under the Kafka guard, each row with its record's rank.
         let encoded = match output.table.mode {

@@ -180,8 +180,8 @@ impl DeadLetter {
 /// coordinates.
 pub struct Provenance {
     input: RecordBatch,
-    /// The key column's name, when the input has a column of that name.
-    key: Option<String>,
+    /// The key columns' names, when the input has every one of them (else empty).
+    key: Vec<String>,
     /// Key text -> the input row with that key and the highest rank (the one the
     /// default query keeps), built on first use.
     by_key: OnceLock<HashMap<String, usize>>,
@@ -191,12 +191,17 @@ pub struct Provenance {
 pub const RANK_COLUMNS: [&str; 2] = ["_kafka_partition", "_kafka_offset"];
 
 impl Provenance {
-    /// `input` is the batch the transform read; `key` the output's key column
-    /// (`None`: the output's rows are not one record's, an aggregate's say).
-    pub fn new(input: RecordBatch, key: Option<&str>) -> Self {
-        let key = key
-            .filter(|k| input.schema().column_with_name(k).is_some())
-            .map(str::to_string);
+    /// `input` is the batch the transform read; `key` the output's key columns
+    /// (none: the output's rows are not one record's, an aggregate's say).
+    pub fn new(input: RecordBatch, key: &[String]) -> Self {
+        let all_in_input = key
+            .iter()
+            .all(|k| input.schema().column_with_name(k).is_some());
+        let key = if all_in_input {
+            key.to_vec()
+        } else {
+            Vec::new()
+        };
         Self {
             input,
             key,
@@ -215,7 +220,7 @@ impl Provenance {
     /// and the highest rank (the one the default query keeps).
     fn input_row(&self, keys: &[Option<String>], row: usize) -> Option<usize> {
         let by_key = self.by_key.get_or_init(|| {
-            let keys = key_texts(&self.input, self.key.as_deref());
+            let keys = key_texts(&self.input, &self.key);
             highest_ranked(keys.into_iter(), self.ranks())
         });
         keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
@@ -225,14 +230,17 @@ impl Provenance {
     /// (the usual case) are matched as borrowed strings, with no copy per row.
     fn input_rows(&self, batch: &RecordBatch) -> Vec<Option<usize>> {
         let strings = |b: &RecordBatch| -> Option<StringArray> {
-            let column = b.column_by_name(self.key.as_deref()?)?;
+            let [key] = self.key.as_slice() else {
+                return None;
+            };
+            let column = b.column_by_name(key)?;
             column.as_string_opt::<i32>().cloned()
         };
         if let (Some(input), Some(output)) = (strings(&self.input), strings(batch)) {
             let by_key = highest_ranked(input.iter(), self.ranks());
             return output.iter().map(|k| by_key.get(k?).copied()).collect();
         }
-        let keys = key_texts(batch, self.key.as_deref());
+        let keys = key_texts(batch, &self.key);
         (0..batch.num_rows())
             .map(|row| self.input_row(&keys, row))
             .collect()
@@ -279,9 +287,7 @@ impl Provenance {
             .into_iter()
             .map(|((b, row), reason)| {
                 let batch = &output[b];
-                let batch_keys = keys
-                    .entry(b)
-                    .or_insert_with(|| key_texts(batch, self.key.as_deref()));
+                let batch_keys = keys.entry(b).or_insert_with(|| key_texts(batch, &self.key));
                 match self.input_row(batch_keys, row) {
                     Some(i) => {
                         DeadLetter::of_input_row(&self.input.slice(i, 1), reason, Stage::Sink)
@@ -310,8 +316,28 @@ fn highest_ranked<K: std::hash::Hash + Eq>(
 }
 
 /// Every row's key as text (`None` when the column is missing or the value null).
-fn key_texts(batch: &RecordBatch, key: Option<&str>) -> Vec<Option<String>> {
-    let Some(column) = key.and_then(|k| batch.column_by_name(k)) else {
+/// With several key columns, their texts joined by a unit separator (`None` when
+/// any is null).
+fn key_texts(batch: &RecordBatch, key: &[String]) -> Vec<Option<String>> {
+    match key {
+        [] => vec![None; batch.num_rows()],
+        [one] => column_texts(batch, one),
+        several => {
+            let columns: Vec<_> = several.iter().map(|k| column_texts(batch, k)).collect();
+            (0..batch.num_rows())
+                .map(|row| {
+                    let parts: Option<Vec<&str>> =
+                        columns.iter().map(|c| c[row].as_deref()).collect();
+                    parts.map(|p| p.join("\u{1f}"))
+                })
+                .collect()
+        }
+    }
+}
+
+/// One column's values as text (`None` when missing or null).
+fn column_texts(batch: &RecordBatch, key: &str) -> Vec<Option<String>> {
+    let Some(column) = batch.column_by_name(key) else {
         return vec![None; batch.num_rows()];
     };
     if let Some(strings) = column.as_string_opt::<i32>() {
@@ -485,6 +511,41 @@ fn storable_timestamp(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_keyed_by_several_columns_get_their_newest_records_rank() {
+        let mut b = crate::decode::BatchBuilder::new();
+        for (offset, payload) in [
+            (1, r#"{"id":"1","gender":"f","last_name":"A"}"#),
+            (2, r#"{"id":"2","gender":"f","last_name":"B"}"#),
+            (3, r#"{"id":"3","gender":"f","last_name":"A"}"#),
+            (4, r#"{"id":"4","gender":"m","last_name":null}"#),
+        ] {
+            let origin = Origin {
+                topic: "t",
+                partition: 0,
+                offset,
+                timestamp: None,
+                key: None,
+                rank: None,
+            };
+            b.push(&origin, Some(payload.as_bytes()));
+        }
+        let input = b.finish().0;
+        let schema = input.schema();
+        let cols = ["gender", "last_name"].map(|c| schema.index_of(c).unwrap());
+        let output = input.project(&cols).unwrap();
+        let key = ["gender".to_string(), "last_name".to_string()];
+        let ranked = Provenance::new(input, &key).ranked(&[output]).unwrap();
+        let offsets = ranked[0]
+            .column_by_name(RANK_COLUMNS[1])
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        let got: Vec<Option<i64>> = offsets.iter().collect();
+        // (f, A) -> its newest record, offset 3; a null key part matches nothing.
+        assert_eq!(got, [Some(3), Some(2), Some(3), None]);
+    }
 
     #[test]
     fn stages_have_one_column_value_and_one_metric_label_each() {

@@ -182,14 +182,10 @@ fn spec(
         ));
     }
     let part_files = match raw.part_files.map(Spanned::into_inner) {
-        Some(dir)
-            if dir.is_absolute()
-                || dir
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir) =>
-        {
+        Some(dir) if !plain_dir(&dir) => {
             return Err(format!(
-                "{}part_files is a directory under --output-dir: no absolute path, no ..",
+                "{}part_files is a directory under --output-dir: no absolute path, no .., \
+                 no hidden (.name) directory",
                 here("part_files")
             ));
         }
@@ -214,6 +210,17 @@ fn spec(
             .collect(),
         part_files,
         place,
+    })
+}
+
+/// A directory under --output-dir that is neither absolute, nor above it, nor
+/// hidden: `.staging` and its like belong to the part-file protocol.
+fn plain_dir(dir: &Path) -> bool {
+    use std::path::Component;
+    dir.components().all(|c| match c {
+        Component::CurDir => true,
+        Component::Normal(name) => !name.to_string_lossy().starts_with('.'),
+        _ => false,
     })
 }
 
@@ -324,8 +331,12 @@ part_files = "signups"
             e.starts_with("p.toml:2: output \"a b\": invalid name"),
             "{e}"
         );
-        let e = parsed("[[output]]\nname = \"a\"\npart_files = \"../x\"\n").unwrap_err();
-        assert!(e.contains("no absolute path, no .."), "{e}");
+        for dir in ["../x", "/abs", ".staging/x", "a/.hidden"] {
+            let text = format!("[[output]]\nname = \"a\"\npart_files = {dir:?}\n");
+            let e = parsed(&text).unwrap_err();
+            assert!(e.contains("no absolute path, no .."), "{dir}: {e}");
+        }
+        assert!(parsed("[[output]]\nname = \"a\"\npart_files = \"./x/y\"\n").is_ok());
         let e = parsed("[[output]]\nname = \"a\"\nsql_file = \"missing.sql\"\n").unwrap_err();
         assert!(
             e.starts_with("p.toml:3: output \"a\": cannot read sql_file ./missing.sql"),

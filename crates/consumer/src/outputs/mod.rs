@@ -95,10 +95,11 @@ pub struct Output {
     pub columns: Vec<Column>,
     pub table: Table,
     pub part_files: Option<PathBuf>,
-    /// Upsert by one column: that column, by which a row PostgreSQL refuses is
-    /// traced back to its input record (see `dead_letter::Provenance`). Other
-    /// outputs' rows are not one record's.
-    pub provenance_key: Option<String>,
+    /// Upsert: the key columns, by which a row is traced back to its input record
+    /// (its rank for the guard, its record for a dead letter; see
+    /// `dead_letter::Provenance`). Empty for the other modes: their rows are not
+    /// one record's.
+    pub provenance_key: Vec<String>,
 }
 
 impl Spec {
@@ -123,8 +124,10 @@ impl Spec {
             WriteMode::Append => Mode::Append,
             WriteMode::Merge => Mode::Merge(self.combine_rules(&columns)?),
         };
-        let provenance_key =
-            (self.mode == WriteMode::Upsert && self.key.len() == 1).then(|| self.key[0].clone());
+        let provenance_key = match self.mode {
+            WriteMode::Upsert => self.key.clone(),
+            _ => Vec::new(),
+        };
         Ok(Output {
             name: self.name.clone(),
             table: Table::new(&self.name, table, key, &columns, mode, index),
@@ -285,8 +288,8 @@ pub async fn check_all(specs: &[Spec], dead_letter_table: &str) -> Result<Vec<Ou
     Ok(outputs)
 }
 
-/// A path with `.` and `name/..` taken out, for comparing directories.
-fn normal(path: &Path) -> PathBuf {
+/// A path with `.` and `name/..` taken out (`.` when nothing is left).
+pub(crate) fn normal(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -296,6 +299,9 @@ fn normal(path: &Path) -> PathBuf {
             }
             c => out.push(c),
         }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
     }
     out
 }
@@ -358,7 +364,7 @@ mod tests {
         let out = ok.check(2).await.unwrap();
         assert_eq!(out.table.stage, "pg_temp.pipeline_stage_2");
         assert!(
-            out.provenance_key.is_none(),
+            out.provenance_key.is_empty(),
             "an aggregate row is no record's"
         );
         let e = refusal(spec(
@@ -420,7 +426,7 @@ mod tests {
             .check(0)
             .await
             .unwrap();
-        assert_eq!(out.provenance_key.as_deref(), Some("gender"));
+        assert_eq!(out.provenance_key, ["gender"]);
         assert_eq!(
             out.table.columns.len(),
             5,
@@ -435,6 +441,12 @@ mod tests {
             e.starts_with("p.toml:3: output \"o\": the query does not plan"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn directories_are_compared_and_opened_without_dots() {
+        assert_eq!(normal(Path::new("./.")), Path::new("."));
+        assert_eq!(normal(Path::new("out/./a/../b")), Path::new("out/b"));
     }
 
     #[tokio::test]

@@ -129,6 +129,9 @@ impl CsvSink {
     pub fn stage(&self, batch: Uuid, rows: &[RecordBatch]) -> Result<Option<Staged>, CsvError> {
         let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
         if count == 0 {
+            // An earlier attempt of this batch may have staged rows that this one
+            // does not write: its file must not be promoted.
+            let _ = fs::remove_file(self.staging.join(part_name(batch)));
             return Ok(None);
         }
         // Written under a temporary name and renamed: a staged file is either whole
@@ -172,8 +175,11 @@ impl CsvSink {
         let entries = fs::read_dir(&root).map_err(|e| err(&root, e))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if path == self.staging || hidden || !path.is_dir() {
+            let name = entry.file_name();
+            // Only instance directories (named by a UUID): nothing else under
+            // `.staging` is ever resolved or removed.
+            let instance = name.to_str().is_some_and(|n| Uuid::parse_str(n).is_ok());
+            if path == self.staging || !instance || !path.is_dir() {
                 continue;
             }
             let Ok(lock) = File::options()

@@ -375,17 +375,18 @@ impl Table {
         let key: Vec<String> = self.key.iter().map(|k| unquote(k)).collect();
         let found = client
             .query_opt(
-                "SELECT 1 FROM pg_index i
+                r#"SELECT 1 FROM pg_index i
                  WHERE i.indrelid = to_regclass($1) AND i.indisunique
                    AND i.indnkeyatts = cardinality($2::text[])
-                   -- ON CONFLICT (key) can only use a plain, valid, immediate index.
+                   -- ON CONFLICT (key) can only use a plain, valid, immediate index;
+                   -- both sides sorted in one collation ("C", as `name` sorts).
                    AND i.indpred IS NULL AND i.indexprs IS NULL
                    AND i.indimmediate AND i.indisvalid
-                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C")
                         FROM pg_attribute a
                         WHERE a.attrelid = i.indrelid
                           AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
-                       = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k)",
+                       = (SELECT array_agg(k ORDER BY k COLLATE "C") FROM unnest($2::text[]) k)"#,
                 &[&self.name, &key],
             )
             .await?;

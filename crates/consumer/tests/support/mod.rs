@@ -176,12 +176,23 @@ impl Scenario {
             .collect()
     }
 
-    /// Staged files left behind in any staging directory.
+    /// Staged files left behind in any staging directory: the output dir's, and
+    /// those of other outputs in its subdirectories.
     pub fn staged_files(&self) -> Vec<PathBuf> {
-        let Ok(dirs) = std::fs::read_dir(self.out_dir().join(".staging")) else {
-            return Vec::new();
-        };
-        dirs.flatten()
+        let subdirs = std::fs::read_dir(self.out_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir());
+        std::iter::once(self.out_dir().to_path_buf())
+            .chain(subdirs)
+            .flat_map(|dir| {
+                std::fs::read_dir(dir.join(".staging"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
             .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
             .map(|f| f.path())
             .filter(|p| p.extension().is_some_and(|e| e == "csv"))
