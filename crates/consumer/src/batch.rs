@@ -164,7 +164,7 @@ async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<Transfo
             let (out, refused) = output.transform.run_isolating(input.clone()).await;
             excluded[i] = before + refused.len();
             for (row, reason) in refused {
-                if failed.insert(position(&row, 0)) {
+                if failed.insert(positions(&row)[0]) {
                     new = true;
                     let reason = match outputs.len() {
                         1 => reason,
@@ -192,24 +192,30 @@ async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<Transfo
     })
 }
 
-/// The (partition, offset) of an `events` row: unique within a batch.
-fn position(batch: &RecordBatch, row: usize) -> (i32, i64) {
+/// The (partition, offset) of each `events` row: unique within a batch.
+fn positions(batch: &RecordBatch) -> Vec<(i32, i64)> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Int32Type, Int64Type};
-    let p = batch
-        .column_by_name("partition")
-        .map_or(-1, |a| a.as_primitive::<Int32Type>().value(row));
-    let o = batch
-        .column_by_name("offset")
-        .map_or(-1, |a| a.as_primitive::<Int64Type>().value(row));
-    (p, o)
+    let (Some(p), Some(o)) = (
+        batch.column_by_name("partition"),
+        batch.column_by_name("offset"),
+    ) else {
+        return vec![(-1, -1); batch.num_rows()];
+    };
+    let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+    p.values()
+        .iter()
+        .copied()
+        .zip(o.values().iter().copied())
+        .collect()
 }
 
-/// The input without the records at `positions`.
-fn without(input: &RecordBatch, positions: &HashSet<(i32, i64)>) -> Result<RecordBatch, Error> {
+/// The input without the records at `failed`.
+fn without(input: &RecordBatch, failed: &HashSet<(i32, i64)>) -> Result<RecordBatch, Error> {
     use datafusion::arrow::array::BooleanArray;
-    let keep: BooleanArray = (0..input.num_rows())
-        .map(|row| Some(!positions.contains(&position(input, row))))
+    let keep: BooleanArray = positions(input)
+        .iter()
+        .map(|at| Some(!failed.contains(at)))
         .collect();
     Ok(datafusion::arrow::compute::filter_record_batch(
         input, &keep,

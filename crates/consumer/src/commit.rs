@@ -92,10 +92,10 @@ struct Figures {
 impl Figures {
     /// The figures a committed batch recorded (rows written per output, dead
     /// letters); the dead letters beyond the batch's own were refused rows.
-    fn recorded(recorded: &ledger::Recorded, batch: &Batch<'_>, outputs: &[&str]) -> Self {
+    fn recorded(recorded: &ledger::Recorded, batch: &Batch<'_>, tables: &[Table]) -> Self {
         let ours = batch.dead_letters.len() as u64;
         Self {
-            rows_written: recorded.rows_of(outputs),
+            rows_written: recorded.rows_of(tables.iter().map(|t| t.output.as_str())),
             rejected_rows: recorded.dead_letters.saturating_sub(ours),
             dead_letters: recorded.dead_letters,
         }
@@ -219,13 +219,6 @@ impl Committer {
         stop: &CancellationToken,
     ) -> Result<Outcome, Error> {
         let (pg, csv) = (&mut self.pg, &self.csv);
-        let names: Vec<String> = pg
-            .target()
-            .tables
-            .iter()
-            .map(|t| t.output.clone())
-            .collect();
-        let outputs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut attempts = 0;
         let written = Retry::new("writing the batch", stop, self.max_backoff)
             .grace_on_stop(GRACE_ON_STOP)
@@ -237,7 +230,7 @@ impl Committer {
                 if attempts > 1
                     && let Some(recorded) = ledger::recorded(&*pg.client().await?, batch.id).await?
                 {
-                    let figures = Figures::recorded(&recorded, batch, &outputs);
+                    let figures = Figures::recorded(&recorded, batch, &pg.target().tables);
                     let staged = staged_files(csv, batch.id);
                     return Ok(Transaction::Committed { figures, staged });
                 }
@@ -256,7 +249,10 @@ impl Committer {
             Transaction::Committed { figures, staged } => (figures, staged),
             Transaction::Conflict { staged } => match self.recorded(batch.id, stop).await? {
                 // The commit went through but its answer was lost.
-                Some(Some(recorded)) => (Figures::recorded(&recorded, batch, &outputs), staged),
+                Some(Some(recorded)) => {
+                    let tables = &self.pg.target().tables;
+                    (Figures::recorded(&recorded, batch, tables), staged)
+                }
                 Some(None) => {
                     for (i, s) in staged {
                         if let Some(csv) = &self.csv[i] {

@@ -183,26 +183,21 @@ pub async fn upgrade(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> 
     Ok(())
 }
 
-/// What a committed batch recorded: rows written in all, per output (by name),
-/// and dead letters.
+/// What a committed batch recorded: rows written per output (by name), and dead
+/// letters. Only asked of this process's own batches, which always record their
+/// outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub rows_written: u64,
     pub per_output: BTreeMap<String, u64>,
     pub dead_letters: u64,
 }
 
 impl Recorded {
-    /// The rows written into each of `outputs` (a batch logged before outputs
-    /// were recorded had one output: all of them).
-    pub fn rows_of(&self, outputs: &[&str]) -> Vec<u64> {
-        match outputs {
-            [_] if self.per_output.is_empty() => vec![self.rows_written],
-            _ => outputs
-                .iter()
-                .map(|o| self.per_output.get(*o).copied().unwrap_or(0))
-                .collect(),
-        }
+    /// The rows written into each of `outputs`, in their order.
+    pub fn rows_of<'a>(&self, outputs: impl Iterator<Item = &'a str>) -> Vec<u64> {
+        outputs
+            .map(|o| self.per_output.get(o).copied().unwrap_or(0))
+            .collect()
     }
 }
 
@@ -214,19 +209,18 @@ pub async fn recorded(
 ) -> Result<Option<Recorded>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT rows_written, dead_letters, outputs FROM pipeline_batches WHERE batch_id = $1",
+            "SELECT dead_letters, outputs FROM pipeline_batches WHERE batch_id = $1",
             &[&batch],
         )
         .await?;
     Ok(row.map(|r| {
-        let outputs: Option<serde_json::Value> = r.get(2);
+        let outputs: Option<serde_json::Value> = r.get(1);
         let per_output = outputs
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
         Recorded {
-            rows_written: r.get::<_, i64>(0) as u64,
             per_output,
-            dead_letters: r.get::<_, i64>(1) as u64,
+            dead_letters: r.get::<_, i64>(0) as u64,
         }
     }))
 }
