@@ -3,13 +3,25 @@
 //! The query is planned once at start-up against the input schema, so a query that
 //! cannot run is refused before anything is consumed, and its output schema decides
 //! the PostgreSQL table and the CSV header before the first batch arrives.
+//!
+//! The physical plan made then is also the one every batch runs: `events` is a
+//! table whose scan reads the batch handed to that run (through the run's task
+//! context), so a batch costs its execution only, not a parse, an analysis, two
+//! optimiser passes and a physical planning of the same SQL again. Before each run
+//! the plan's per-execution state is reset (a hash join's build side, a top-k's
+//! filter, metrics); a plan DataFusion cannot reset that way is planned per batch.
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::TaskContext;
 use datafusion::execution::context::SQLOptions;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::decode::input_schema;
@@ -34,10 +46,46 @@ fn only_queries() -> SQLOptions {
         .with_allow_statements(false)
 }
 
+/// The batch one run reads as `events`, carried by that run's task context.
+#[derive(Debug)]
+struct RunInput(RecordBatch);
+
+/// The `events` table's one partition: whatever batch the run executing it carries
+/// (nothing when planning).
+#[derive(Debug)]
+struct CurrentBatch(SchemaRef);
+
+impl PartitionStream for CurrentBatch {
+    fn schema(&self) -> &SchemaRef {
+        &self.0
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let input = ctx.session_config().get_extension::<RunInput>();
+        let batches = input.map(|i| Ok(i.0.clone())).into_iter();
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.0.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// Whether a physical plan may run again once its state is reset: DataFusion's
+/// `reset_plan_states` does not cover a recursive query's work table.
+fn reusable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let name = plan.name();
+    if name == "RecursiveQueryExec" || name == "WorkTableExec" {
+        return false;
+    }
+    plan.children().into_iter().all(reusable)
+}
+
 /// A planned query.
 pub struct Transform {
     ctx: SessionContext,
     sql: String,
+    /// The plan every batch runs (reset first); `None`: planned per batch.
+    plan: Option<Arc<dyn ExecutionPlan>>,
     output: SchemaRef,
 }
 
@@ -50,18 +98,27 @@ impl Transform {
             .with_target_partitions(1)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
-        let empty = RecordBatch::new_empty(input_schema());
-        ctx.register_batch(INPUT_TABLE, empty)?;
-        let df = ctx.sql_with_options(sql, only_queries()).await?;
-        // Plan the physical side too: some errors only show up there.
-        let plan = df.create_physical_plan().await?;
-        let output = plan.schema();
-        ctx.deregister_table(INPUT_TABLE)?;
-        Ok(Self {
+        let schema = input_schema();
+        let events = StreamingTable::try_new(schema.clone(), vec![Arc::new(CurrentBatch(schema))])?;
+        ctx.register_table(INPUT_TABLE, Arc::new(events))?;
+        let transform = Self {
             ctx,
             sql: sql.to_string(),
-            output,
+            plan: None,
+            output: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+        };
+        // The physical side too: some errors only show up there.
+        let plan = transform.plan().await?;
+        Ok(Self {
+            output: plan.schema(),
+            plan: reusable(&plan).then_some(plan),
+            ..transform
         })
+    }
+
+    async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>, TransformError> {
+        let df = self.ctx.sql_with_options(&self.sql, only_queries()).await?;
+        Ok(df.create_physical_plan().await?)
     }
 
     /// The columns the query produces.
@@ -71,15 +128,16 @@ impl Transform {
 
     /// Runs the query over one batch.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>, TransformError> {
-        let table = MemTable::try_new(input_schema(), vec![vec![batch]])?;
-        self.ctx.deregister_table(INPUT_TABLE)?;
-        self.ctx.register_table(INPUT_TABLE, Arc::new(table))?;
-        let out = self
+        let plan = match &self.plan {
+            Some(plan) => reset_plan_states(plan.clone())?,
+            None => self.plan().await?,
+        };
+        let config = self
             .ctx
-            .sql_with_options(&self.sql, only_queries())
-            .await?
-            .collect()
-            .await?;
+            .copied_config()
+            .with_extension(Arc::new(RunInput(batch)));
+        let task = TaskContext::from(&self.ctx.state()).with_session_config(config);
+        let out = collect(plan, Arc::new(task)).await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
@@ -250,6 +308,107 @@ mod tests {
         assert!(err.contains("no_such_column"), "{err}");
         assert!(Transform::new("SELEKT 1").await.is_err());
         assert!(Transform::new("SELECT * FROM other_table").await.is_err());
+    }
+
+    /// Every row of the output as text, sorted.
+    fn rows_of(out: &[RecordBatch]) -> Vec<String> {
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(out)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// The plan made once runs every batch: no state of one run (a join's build
+    /// side, a top-k's bound, an aggregate's filter) may leak into the next.
+    #[tokio::test]
+    async fn one_plan_runs_every_batch_with_nothing_left_from_the_last() {
+        let queries = [
+            // A hash join of the batch with itself.
+            "SELECT a.id, b.first_name FROM events a JOIN events b ON a.id = b.id",
+            // Top-k (a dynamic filter).
+            "SELECT id FROM events ORDER BY post_code DESC LIMIT 1",
+            // min/max (a dynamic filter in DataFusion 55).
+            "SELECT min(post_code) AS lo, max(post_code) AS hi FROM events",
+            // A recursive query: planned per batch.
+            "WITH RECURSIVE r(n, id) AS (SELECT 1, id FROM events UNION ALL \
+             SELECT n + 1, id FROM r WHERE n < 2) SELECT id, n FROM r",
+        ];
+        let first = [
+            (1, r#"{"id":"a","first_name":"A","post_code":"5"}"#),
+            (2, r#"{"id":"b","first_name":"B","post_code":"6"}"#),
+        ];
+        let second = [
+            (3, r#"{"id":"c","first_name":"C","post_code":"1"}"#),
+            (4, r#"{"id":"d","first_name":"D","post_code":"2"}"#),
+        ];
+        for sql in queries {
+            let planned = Transform::new(sql).await.unwrap();
+            planned.run(batch(&first)).await.unwrap();
+            let reused = planned.run(batch(&second)).await.unwrap();
+            let fresh = Transform::new(sql)
+                .await
+                .unwrap()
+                .run(batch(&second))
+                .await
+                .unwrap();
+            assert!(!rows_of(&fresh).is_empty(), "{sql}");
+            assert_eq!(rows_of(&reused), rows_of(&fresh), "{sql}");
+        }
+    }
+
+    /// The default query's "latest per id" (a single-partition `lag`) keeps the same
+    /// rows as the plain `row_number() OVER (PARTITION BY id ...) = 1`.
+    #[tokio::test]
+    async fn default_query_keeps_what_row_number_keeps() {
+        let row_number = "WITH r AS (SELECT *, row_number() OVER (PARTITION BY id ORDER BY \
+                          origin_partition DESC, origin_offset DESC) AS rn FROM events \
+                          WHERE id IS NOT NULL) SELECT id, first_name FROM r WHERE rn = 1";
+        let mut b = BatchBuilder::new();
+        for i in 0..600i64 {
+            // 3 partitions; ids repeat within and across them; some ids are null.
+            let (partition, id) = ((i % 3) as i32, (i * 7919) % 97);
+            let payload = match i % 50 {
+                0 => r#"{"first_name":"no id"}"#.to_string(),
+                _ => format!(r#"{{"id":"u{id}","first_name":"v{i}"}}"#),
+            };
+            let origin = Origin {
+                topic: "t",
+                partition,
+                offset: i,
+                timestamp: None,
+                key: None,
+                rank: None,
+            };
+            b.push(&origin, Some(payload.as_bytes()));
+        }
+        let input = b.finish().0;
+        let expected = Transform::new(row_number).await.unwrap();
+        let expected = rows_of(&expected.run(input.clone()).await.unwrap());
+        let default = Transform::new(DEFAULT_SQL).await.unwrap();
+        let out = default.run(input).await.unwrap();
+        let projected: Vec<RecordBatch> = out.iter().map(|b| b.project(&[0, 1]).unwrap()).collect();
+        assert_eq!(expected.len(), 97);
+        assert_eq!(rows_of(&projected), expected);
+    }
+
+    #[tokio::test]
+    async fn a_recursive_query_is_planned_per_batch_others_once() {
+        let once = Transform::new(DEFAULT_SQL).await.unwrap();
+        assert!(once.plan.is_some());
+        let recursive = Transform::new(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) \
+             SELECT e.id, r.n FROM events e CROSS JOIN r",
+        )
+        .await
+        .unwrap();
+        assert!(recursive.plan.is_none());
     }
 
     #[tokio::test]
