@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::record_batch::RecordBatch;
 use uuid::Uuid;
 
+use super::csv_time;
+
 const STAGING: &str = ".staging";
 const LOCK: &str = ".lock";
 
@@ -235,11 +237,12 @@ fn write_csv(path: &Path, rows: &[RecordBatch]) -> Result<(), CsvError> {
     let file = File::create(path).map_err(|e| err(path, e))?;
     let mut writer = arrow_csv::WriterBuilder::new()
         .with_header(true)
-        .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.3f%:z".to_string())
-        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3f".to_string())
+        .with_timestamp_tz_format(csv_time::TZ_FORMAT.to_string())
+        .with_timestamp_format(csv_time::NAIVE_FORMAT.to_string())
         .build(BufWriter::with_capacity(1 << 20, file));
     for b in rows {
-        writer.write(b).map_err(|e| err(path, e))?;
+        let b = csv_time::timestamps_as_text(b).map_err(|e| err(path, e))?;
+        writer.write(&b).map_err(|e| err(path, e))?;
     }
     let mut out = writer.into_inner();
     out.flush().map_err(|e| err(path, e))?;
