@@ -1,11 +1,13 @@
-//! One micro-batch: collected record by record, then prepared for its commit
-//! (every output's query run, each output encoded for COPY, each partition's move
-//! computed).
+//! One micro-batch: collected record by record, transformed (every output's
+//! query run, each output encoded for COPY) on a worker thread, possibly while the
+//! batch before it commits, then given each partition's move and committed.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::Error;
@@ -64,7 +66,20 @@ impl OutputRows {
 }
 
 /// A collected batch, transformed and encoded for every output: what the commit
-/// needs, and the figures the log line reports.
+/// needs but each partition's move, which depends on the batch committed before.
+pub struct Transformed {
+    pub records: u64,
+    /// Per partition: first and last offset taken.
+    pub ranges: BTreeMap<i32, (i64, i64)>,
+    /// In the order of the outputs.
+    pub outputs: Vec<OutputRows>,
+    pub dead: Vec<DeadLetter>,
+    pub input_rows: usize,
+    pub failed_rows: usize,
+    pub started: Instant,
+}
+
+/// A batch ready to commit, and the figures the log line reports.
 pub struct Prepared {
     pub id: Uuid,
     pub records: u64,
@@ -77,14 +92,67 @@ pub struct Prepared {
     pub started: Instant,
 }
 
-/// Runs every output's query (isolating the records a query fails on), encodes
-/// each output for COPY, and says how far each partition moves.
-pub async fn prepare(
+/// A batch being transformed on a worker thread (so that it can overlap the commit
+/// of the batch before it), under the assignment generation it was read in.
+pub struct Preparing {
+    task: JoinHandle<Result<Transformed, Error>>,
+    pub generation: u64,
+}
+
+impl Preparing {
+    pub fn start(batch: Collecting, outputs: Arc<[Output]>, show: usize, generation: u64) -> Self {
+        let task = tokio::spawn(async move { transform(batch, &outputs, show).await });
+        Self { task, generation }
+    }
+
+    pub async fn finish(mut self) -> Result<Transformed, Error> {
+        match (&mut self.task).await {
+            Ok(done) => done,
+            Err(e) => Err(Error::State(format!("transforming a batch failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for Preparing {
+    /// A batch dropped (a rebalance, a conflict, stopping) stops being transformed.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Transformed {
+    /// The batch with each partition's move from what `partitions` holds stored.
+    pub fn ready(self, partitions: &Partitions) -> Prepared {
+        let advances = self
+            .ranges
+            .iter()
+            .map(|(p, (first, last))| Advance {
+                partition: *p,
+                stored: partitions.stored(*p),
+                next: last + 1,
+                first: *first,
+            })
+            .collect();
+        Prepared {
+            id: Uuid::now_v7(),
+            records: self.records,
+            outputs: self.outputs,
+            dead: self.dead,
+            advances,
+            input_rows: self.input_rows,
+            failed_rows: self.failed_rows,
+            started: self.started,
+        }
+    }
+}
+
+/// Runs every output's query (isolating the records a query fails on) and encodes
+/// each output for COPY. `show`: rows printed per output (`--show`).
+pub async fn transform(
     batch: Collecting,
     outputs: &[Output],
-    config: &Config,
-    partitions: &Partitions,
-) -> Result<Prepared, Error> {
+    show: usize,
+) -> Result<Transformed, Error> {
     let started = Instant::now();
     let records = batch.builder.records();
     let (input, mut dead) = batch.builder.finish();
@@ -94,11 +162,11 @@ pub async fn prepare(
     dead.extend(transformed.dead);
     let mut prepared = Vec::with_capacity(outputs.len());
     for (output, rows) in outputs.iter().zip(transformed.rows) {
-        if config.show > 0 && !rows.is_empty() {
+        if show > 0 && !rows.is_empty() {
             if outputs.len() > 1 {
                 println!("output {}:", output.name);
             }
-            show(&rows, config.show);
+            show_rows(&rows, show);
         }
         let provenance = Provenance::new(transformed.input.clone(), &output.provenance_key);
         let columns = &output.table.columns;
@@ -113,22 +181,11 @@ pub async fn prepare(
             provenance,
         });
     }
-    let advances = batch
-        .ranges
-        .iter()
-        .map(|(p, (first, last))| Advance {
-            partition: *p,
-            stored: partitions.stored(*p),
-            next: last + 1,
-            first: *first,
-        })
-        .collect();
-    Ok(Prepared {
-        id: Uuid::now_v7(),
+    Ok(Transformed {
         records,
+        ranges: batch.ranges,
         outputs: prepared,
         dead,
-        advances,
         input_rows,
         failed_rows,
         started,
@@ -136,7 +193,7 @@ pub async fn prepare(
 }
 
 /// Every output's rows of a batch, from the input they were all computed on.
-struct Transformed {
+struct AllOutputs {
     input: RecordBatch,
     rows: Vec<Vec<RecordBatch>>,
     dead: Vec<DeadLetter>,
@@ -147,7 +204,7 @@ struct Transformed {
 /// that the outputs agree on which records they took: replaying it later feeds
 /// each output once. An output is run again only when another one failed on a
 /// record it took (at most once per newly failing record; none in the usual case).
-async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<Transformed, Error> {
+async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<AllOutputs, Error> {
     let mut input = input;
     let mut rows: Vec<Option<Vec<RecordBatch>>> = vec![None; outputs.len()];
     let mut excluded: Vec<usize> = vec![0; outputs.len()];
@@ -185,7 +242,7 @@ async fn transform_all(outputs: &[Output], input: RecordBatch) -> Result<Transfo
             }
         }
     }
-    Ok(Transformed {
+    Ok(AllOutputs {
         input,
         rows: rows.into_iter().map(Option::unwrap_or_default).collect(),
         dead,
@@ -223,7 +280,7 @@ fn without(input: &RecordBatch, failed: &HashSet<(i32, i64)>) -> Result<RecordBa
 }
 
 /// `--show N`: the first N rows, like Spark's `df.show()`.
-fn show(output: &[RecordBatch], n: usize) {
+fn show_rows(output: &[RecordBatch], n: usize) {
     let mut left = n;
     let mut head = Vec::new();
     for b in output {

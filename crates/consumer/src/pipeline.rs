@@ -3,11 +3,15 @@
 //! While one batch commits, the loop keeps polling Kafka and collects the next
 //! batch, so fetching overlaps writing and the consumer stays in its group however
 //! long PostgreSQL takes; [`crate::backpressure`] decides when polling holds and
-//! when the partitions are paused. What to take and when a run is done is asked of
-//! [`Partitions`]; how a batch commits is [`Committer`]'s. ARCHITECTURE.md
-//! describes the offset protocol this loop drives.
+//! when the partitions are paused. The next batch, once full, is transformed on a
+//! worker thread meanwhile ([`Preparing`]), so that it is ready to commit when the
+//! commit before it ends; one batch at most is ever in a PostgreSQL transaction.
+//! What to take and when a run is done is asked of [`Partitions`]; how a batch
+//! commits is [`Committer`]'s. ARCHITECTURE.md describes the offset protocol this
+//! loop drives.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -22,7 +26,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
-use crate::batch::{self, Collecting, Prepared};
+use crate::batch::{Collecting, Prepared, Preparing};
 use crate::commit::{self, Committed, Committer, Outcome};
 use crate::config::Config;
 use crate::dead_letter::{self, Stage};
@@ -131,7 +135,8 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
         config: &config,
         consumer: &consumer,
         partitions: Partitions::default(),
-        outputs: &checked.outputs,
+        outputs: checked.outputs.into(),
+        preparing: None,
         metrics,
         readiness: &readiness,
         summary: RunSummary::default(),
@@ -199,7 +204,9 @@ struct LoopState<'a> {
     consumer: &'a KafkaConsumer,
     partitions: Partitions,
     /// What each batch is transformed into and written to.
-    outputs: &'a [Output],
+    outputs: Arc<[Output]>,
+    /// The next batch, full, being transformed while the one before it commits.
+    preparing: Option<Preparing>,
     metrics: Metrics,
     readiness: &'a Readiness,
     summary: RunSummary,
@@ -242,13 +249,19 @@ impl LoopState<'_> {
                 };
                 if gaps::resolve(l, check, committer, stop).await? == gaps::Resolved::DropBatch {
                     batch = Collecting::new();
+                    self.preparing = None;
                 }
+            }
+            if let Some(next) = self.preparing.take() {
+                batch = self.process(next, batch, committer, stop).await?;
+                continue;
             }
             let records = batch.builder.records();
             let finished = self.config.available_now && self.all_done()?;
             let due = records > 0 && batch.started.elapsed() >= self.config.trigger_interval;
             if records > 0 && (batch.full(self.config) || due || finished) {
-                batch = self.process(batch, committer, stop).await?;
+                let next = self.start_preparing(std::mem::take(&mut batch));
+                batch = self.process(next, batch, committer, stop).await?;
                 continue;
             }
             if finished {
@@ -274,12 +287,14 @@ impl LoopState<'_> {
     }
 
     /// Picks up a rebalance. Returns true when the batch being collected must be
-    /// dropped (it was read under the previous assignment).
+    /// dropped (it was read under the previous assignment); so is a batch being
+    /// transformed.
     fn sync_generation(&mut self) -> bool {
         let context = self.consumer.context();
         if context.generation() == self.partitions.generation() {
             return false;
         }
+        self.preparing = None;
         let a = context.assignment();
         self.partitions.on_assignment(a.generation, &a.stored);
         if a.stored.values().any(Option::is_some) {
@@ -399,17 +414,31 @@ impl LoopState<'_> {
             .all_done(|p| source::cached_watermarks(consumer, topic, p)))
     }
 
-    /// Transforms and commits one batch. Returns the next batch, collected meanwhile.
+    /// Starts transforming a collected batch on a worker thread.
+    fn start_preparing(&self, batch: Collecting) -> Preparing {
+        let generation = self.partitions.generation();
+        Preparing::start(batch, self.outputs.clone(), self.config.show, generation)
+    }
+
+    /// Commits one batch once transformed, collecting into `next` meanwhile.
+    /// Returns the batch being collected.
     async fn process(
         &mut self,
-        batch: Collecting,
+        batch: Preparing,
+        next: Collecting,
         committer: &mut Committer,
         stop: &CancellationToken,
     ) -> Result<Collecting, Error> {
-        let generation = self.partitions.generation();
-        let prepared = batch::prepare(batch, self.outputs, self.config, &self.partitions).await?;
+        let generation = batch.generation;
+        let transformed = batch.finish().await?;
+        if self.partitions.generation() != generation {
+            // Read under an earlier assignment (the new one starts at stored
+            // offsets); `next` was collected under the current one.
+            return Ok(next);
+        }
+        let prepared = transformed.ready(&self.partitions);
         let (outcome, mut next) = self
-            .commit_while_polling(&prepared, committer, stop)
+            .commit_while_polling(&prepared, next, committer, stop)
             .await?;
         match outcome {
             Outcome::Committed(committed) => {
@@ -422,6 +451,7 @@ impl LoopState<'_> {
                     // to what PostgreSQL now holds: librdkafka's fetch position is past
                     // what `next` held, and those records must be read again.
                     next = Collecting::new();
+                    self.preparing = None;
                     self.seek_to_stored(committer, stop).await?;
                 }
                 self.commit_to_kafka(&prepared.advances);
@@ -434,19 +464,25 @@ impl LoopState<'_> {
                     batch = %prepared.id,
                     partitions = %describe_ranges(&prepared.advances)
                 );
+                self.preparing = None;
                 self.rewind(committer, stop).await?;
                 Ok(Collecting::new())
             }
             // Stopping: what is staged is resolved at the next start.
-            Outcome::Stopped => Ok(Collecting::new()),
+            Outcome::Stopped => {
+                self.preparing = None;
+                Ok(Collecting::new())
+            }
         }
     }
 
-    /// Commits the batch while polling goes on (collecting the next batch) under
-    /// [`Backpressure`]. Returns the outcome and the next batch.
+    /// Commits the batch while polling goes on (collecting `next`) under
+    /// [`Backpressure`]; `next`, once full, starts being transformed. Returns the
+    /// outcome and the batch being collected.
     async fn commit_while_polling(
         &mut self,
         prepared: &Prepared,
+        mut next: Collecting,
         committer: &mut Committer,
         stop: &CancellationToken,
     ) -> Result<(Outcome, Collecting), Error> {
@@ -457,7 +493,6 @@ impl LoopState<'_> {
             advances: &prepared.advances,
             records: prepared.records,
         };
-        let mut next = Collecting::new();
         let mut pressure = Backpressure::new(HOLD_BEFORE_PAUSE);
         let mut paused: Option<TopicPartitionList> = None;
         let mut tick = tokio::time::interval(OBSERVE_EVERY);
@@ -485,7 +520,13 @@ impl LoopState<'_> {
                             paused = None;
                             pressure.on_rebalance();
                         }
-                        pressure.on_taken(next.full(self.config), Instant::now());
+                        let full = next.full(self.config);
+                        pressure.on_taken(full, Instant::now());
+                        if full && self.preparing.is_none() {
+                            // Polling holds (then pauses) as before: nothing more is
+                            // collected until this commit ends.
+                            self.preparing = Some(self.start_preparing(std::mem::take(&mut next)));
+                        }
                     }
                 }
             }
