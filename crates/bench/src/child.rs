@@ -50,16 +50,22 @@ pub struct Finished {
 /// Starts `bin` from `bin_dir` against `brokers` with `args`, logging JSON lines,
 /// stdout and stderr captured.
 pub fn spawn(bin_dir: &Path, bin: &str, brokers: &str, args: &[&str]) -> anyhow::Result<Running> {
-    let path = bin_dir.join(bin);
-    let mut child = Command::new(&path)
+    let mut command = Command::new(bin_dir.join(bin));
+    command
         .args(["--brokers", brokers, "--log-format", "json"])
         .args(args)
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    spawn_command(command, bin)
+}
+
+/// Starts `command` (named `name` in messages), stdout and stderr captured.
+pub fn spawn_command(mut command: Command, name: &str) -> anyhow::Result<Running> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {}", path.display()))?;
+        .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
     let started = Instant::now();
     let log = Arc::new(Mutex::new(Log::default()));
     // Peak RSS from /proc/<pid>/status VmHWM, sampled until the process is gone.
@@ -111,7 +117,7 @@ pub fn spawn(bin_dir: &Path, bin: &str, brokers: &str, args: &[&str]) -> anyhow:
         child,
         started,
         log,
-        name: bin.to_string(),
+        name: name.to_string(),
         reaped: false,
         peak,
     })

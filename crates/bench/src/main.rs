@@ -12,9 +12,11 @@
 //! 5. start-up to the first committed batch (from step 3).
 
 mod child;
+mod cpu;
 mod latency;
 mod limits;
 mod report;
+mod runs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::report::{Consumer, Latency, Producer, Report};
+use crate::report::{Latency, Producer, Report};
 
 /// Measures producer, consumer, latency and start-up against the raw limits of
 /// Kafka and PostgreSQL on this machine, in one run.
@@ -75,6 +77,25 @@ struct Config {
     /// Keep the benchmark's database afterwards (dropped by default).
     #[arg(long, env = "BENCH_KEEP")]
     keep: bool,
+    /// The broker's process id, when it runs on this machine: its CPU is shown
+    /// beside the consumer's (scripts/bench.sh passes tansu's).
+    #[arg(long, env = "BENCH_BROKER_PID")]
+    broker_pid: Option<i32>,
+    /// A Python interpreter with confluent-kafka and psycopg2: runs the plain Python
+    /// consumer as the baseline row (scripts/bench.sh makes one; none: not run).
+    #[arg(long, env = "BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// The Python consumer (default: scripts/python_consumer.py of this repository).
+    #[arg(long, env = "BENCH_PYTHON_CONSUMER")]
+    python_consumer: Option<PathBuf>,
+    /// Further batch sizes the consumer runs at, for its memory per batch size.
+    #[arg(
+        long,
+        env = "BENCH_RSS_BATCHES",
+        value_delimiter = ',',
+        default_value = "20000,40000"
+    )]
+    rss_batches: Vec<usize>,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +130,8 @@ struct Run<'a> {
     db_url: String,
     /// The run's scratch directory (output dirs).
     work: PathBuf,
+    /// The broker and PostgreSQL, whose CPU each step reads beside the pipeline's.
+    tracked: cpu::Tracked,
 }
 
 impl Run<'_> {
@@ -126,21 +149,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let db = format!("bench_{id}");
     let work = std::env::temp_dir().join(format!("users-pipeline-bench-{id}"));
     std::fs::create_dir_all(&work)?;
-    let r = Run {
+    let mut r = Run {
         config: &config,
         bin_dir,
         db_url: with_database(&config.database_url, &db),
         id,
         kafka,
         work,
+        tracked: cpu::Tracked::default(),
     };
     let (n, p) = (config.events, config.partitions);
     let limits = run_limits(&r).await?;
-
-    // 3. The consumer, end to end.
-    step("consumer --available-now");
     let client = connect(&r.db_url).await?;
-    let consumer = run_consumer(&r, &client, &limits.topic, limits.ids).await?;
+    r.tracked = runs::tracked(&client, config.broker_pid).await?;
+
+    let (consumer, python, by_batch) = run_consumers(&r, &client, &limits).await?;
 
     // 4. Latency at a steady rate.
     step(&format!(
@@ -174,6 +197,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         consumer_vs_pg_limit: consumer.rows_per_s / limits.pg_write.per_s(),
         consumer_vs_consume_limit: consumer.records_per_s / limits.raw_consume.per_s(),
         consumer,
+        python,
+        by_batch,
         latency,
     };
     drop(client);
@@ -182,6 +207,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&r.work);
     }
     write_report(&config, &report)
+}
+
+/// 3. The consumer end to end, then the Python baseline, then the consumer at
+/// larger batches (its memory per batch size).
+async fn run_consumers(
+    r: &Run<'_>,
+    client: &tokio_postgres::Client,
+    limits: &Limits,
+) -> anyhow::Result<(
+    report::Consumer,
+    Option<report::Baseline>,
+    Vec<report::Consumer>,
+)> {
+    let config = r.config;
+    step("consumer --available-now");
+    let (topic, ids) = (&limits.topic, limits.ids);
+    let consumer = runs::consumer(r, client, topic, config.batch_records, "users", ids).await?;
+    let python = match &config.python {
+        Some(python) => {
+            step("Python consumer (the baseline)");
+            Some(runs::python(r, client, python, topic, ids).await?)
+        }
+        None => None,
+    };
+    let mut by_batch = vec![consumer.clone()];
+    for &batch in &config.rss_batches {
+        step(&format!("consumer --available-now, {batch}-record batches"));
+        let table = format!("users_b{batch}");
+        by_batch.push(runs::consumer(r, client, topic, batch, &table, ids).await?);
+    }
+    Ok((consumer, python, by_batch))
 }
 
 /// The figures measured before the consumer runs.
@@ -294,93 +350,6 @@ fn run_producer(r: &Run<'_>, topic: &str) -> anyhow::Result<f64> {
         bail!("the producer sent {sent} events, not {n}");
     }
     Ok(rate)
-}
-
-/// `consumer --available-now` over the producer's topic, checked against the
-/// limit run (ids in the table, CSV rows = rows written, every record committed).
-async fn run_consumer(
-    r: &Run<'_>,
-    client: &tokio_postgres::Client,
-    topic: &str,
-    limit_ids: usize,
-) -> anyhow::Result<Consumer> {
-    let n = r.config.events;
-    let out_dir = r.work.join("output_data");
-    let group = format!("bench_{}", r.id);
-    let (out, batch) = (
-        out_dir.display().to_string(),
-        r.config.batch_records.to_string(),
-    );
-    let mut consumer = child::spawn(
-        &r.bin_dir,
-        "consumer",
-        &r.config.brokers,
-        &[
-            "--topic",
-            topic,
-            "--group",
-            &group,
-            "--database-url",
-            &r.db_url,
-            "--output-dir",
-            &out,
-            "--max-batch-records",
-            &batch,
-            "--available-now",
-        ],
-    )?;
-    let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
-    let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
-    let finished = consumer.finish(Duration::from_secs(600))?;
-    if finished.code != 0 {
-        bail!("the consumer exited with {}", finished.code);
-    }
-    let rows_in_table: i64 = client
-        .query_one("SELECT count(*) FROM users", &[])
-        .await?
-        .get(0);
-    let (batches, records, rows_written) = batch_figures(client, &group).await?;
-    let csv_rows = csv_data_rows(&out_dir)?;
-    if records != n as i64 {
-        bail!("the consumer committed {records} records, not {n}");
-    }
-    if rows_in_table as usize != limit_ids {
-        bail!("the consumer's table holds {rows_in_table} ids, the limit run wrote {limit_ids}");
-    }
-    if csv_rows != rows_written as u64 {
-        bail!("CSV part files hold {csv_rows} rows, PostgreSQL got {rows_written}");
-    }
-    let seconds = finished.wall.as_secs_f64();
-    Ok(Consumer {
-        records: records as u64,
-        rows_written: rows_written as u64,
-        rows_in_table: rows_in_table as u64,
-        csv_rows,
-        batches: batches as u64,
-        seconds,
-        rows_per_s: rows_written as f64 / seconds,
-        records_per_s: records as f64 / seconds,
-        cpu_seconds: finished.cpu.as_secs_f64(),
-        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
-        startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
-        startup_to_assignment_ms: assigned.as_secs_f64() * 1000.0,
-    })
-}
-
-/// A group's committed batches: (count, records, rows written).
-async fn batch_figures(
-    client: &tokio_postgres::Client,
-    group: &str,
-) -> anyhow::Result<(i64, i64, i64)> {
-    let r = client
-        .query_one(
-            "SELECT count(*), coalesce(sum(records), 0)::bigint,
-                    coalesce(sum(rows_written), 0)::bigint
-             FROM pipeline_batches WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1), r.get(2)))
 }
 
 /// A streaming consumer with a short trigger while the producer publishes at a
@@ -506,26 +475,10 @@ fn child_summary(child: child::Running, timeout: Duration) -> anyhow::Result<(u6
     }
 }
 
-fn field(line: &str, name: &str) -> Option<f64> {
+pub(crate) fn field(line: &str, name: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(name))
         .and_then(|v| v.trim_end_matches('s').parse().ok())
-}
-
-/// Data rows of every CSV part file under `dir`.
-fn csv_data_rows(dir: &std::path::Path) -> anyhow::Result<u64> {
-    let mut rows = 0u64;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "csv") {
-            let mut reader = csv::Reader::from_path(&path)?;
-            for record in reader.records() {
-                record.with_context(|| format!("reading {}", path.display()))?;
-                rows += 1;
-            }
-        }
-    }
-    Ok(rows)
 }
 
 fn with_database(url: &str, db: &str) -> String {

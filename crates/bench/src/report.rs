@@ -4,11 +4,14 @@
 
 use serde::Serialize;
 
+use crate::cpu::Shares;
 use crate::latency::{Measured, WARM_UP_MS};
 use crate::limits::Rate;
 
-/// Targets of issue 6, on a 2-core machine with broker and PostgreSQL beside us.
-pub const CONSUMER_VS_PG_LIMIT: f64 = 0.8;
+/// Targets of issues 6 and 14, on a 2-core machine with broker and PostgreSQL
+/// beside us.
+pub const CONSUMER_VS_LIMIT: f64 = 0.8;
+pub const CONSUMER_CPU_US: f64 = 2.5;
 pub const PRODUCER_VS_RAW: f64 = 0.8;
 pub const LATENCY_P99_MS: f64 = 300.0;
 pub const PEAK_RSS_MB: f64 = 150.0;
@@ -22,6 +25,7 @@ pub struct Producer {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Consumer {
+    pub batch_records: u64,
     pub records: u64,
     pub rows_written: u64,
     pub rows_in_table: u64,
@@ -31,10 +35,25 @@ pub struct Consumer {
     pub rows_per_s: f64,
     pub records_per_s: f64,
     pub cpu_seconds: f64,
+    /// The CPU of the run: the consumer's, the broker's and PostgreSQL's.
+    pub cpu: Shares,
     pub peak_rss_mb: f64,
     pub startup_to_first_commit_ms: f64,
     /// Of which: joining the group until partitions were assigned.
     pub startup_to_assignment_ms: f64,
+}
+
+/// The plain Python consumer over the same records (`scripts/python_consumer.py`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub records: u64,
+    pub rows_written: u64,
+    pub seconds: f64,
+    pub records_per_s: f64,
+    pub rows_per_s: f64,
+    pub cpu_seconds: f64,
+    pub cpu: Shares,
+    pub peak_rss_mb: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +81,10 @@ pub struct Report {
     pub consumer: Consumer,
     pub consumer_vs_pg_limit: f64,
     pub consumer_vs_consume_limit: f64,
+    /// The Python baseline, when an interpreter for it was given.
+    pub python: Option<Baseline>,
+    /// The consumer at each batch size measured (the run's own first).
+    pub by_batch: Vec<Consumer>,
     pub latency: Latency,
 }
 
@@ -177,10 +200,21 @@ impl Report {
         ]
     }
 
+    /// The PostgreSQL limit in records per second (its rows are the records' ids).
+    fn pg_limit_records_per_s(&self) -> f64 {
+        self.events as f64 / self.pg_write.seconds.max(1e-9)
+    }
+
+    /// The consumer's rate against the lower of its two limits.
+    pub fn consumer_vs_limit(&self) -> f64 {
+        let limit = self.raw_consume.per_s().min(self.pg_limit_records_per_s());
+        self.consumer.records_per_s / limit.max(1e-9)
+    }
+
     /// The two binaries against their targets.
     fn pipeline_rows(&self) -> Vec<Row> {
         let c = &self.consumer;
-        vec![
+        let mut rows = vec![
             target(
                 "Producer",
                 format!(
@@ -194,30 +228,44 @@ impl Report {
             target(
                 "Consumer end to end (`--available-now`)",
                 format!(
-                    "{} rows/s = {:.2} x PostgreSQL limit ({} records in {:.1} s; {:.2} x consume limit)",
-                    int(c.rows_per_s),
-                    self.consumer_vs_pg_limit,
+                    "{} records/s = {:.2} x the lower limit ({:.2} x consume limit, {:.2} x \
+                     PostgreSQL limit; {} records, {} rows in {:.1} s)",
+                    int(c.records_per_s),
+                    self.consumer_vs_limit(),
+                    self.consumer_vs_consume_limit,
+                    c.records_per_s / self.pg_limit_records_per_s().max(1e-9),
                     int(c.records as f64),
+                    int(c.rows_written as f64),
                     c.seconds,
-                    self.consumer_vs_consume_limit
                 ),
-                format!(">= {CONSUMER_VS_PG_LIMIT} x PostgreSQL limit"),
-                self.consumer_vs_pg_limit >= CONSUMER_VS_PG_LIMIT,
+                format!(">= {CONSUMER_VS_LIMIT} x min(consume, PostgreSQL)"),
+                self.consumer_vs_limit() >= CONSUMER_VS_LIMIT,
+            ),
+            target(
+                "Consumer CPU per record (user + sys)",
+                format!(
+                    "{:.2} µs ({:.2} s for {} records)",
+                    per_record_us(c.cpu_seconds, c.records),
+                    c.cpu_seconds,
+                    int(c.records as f64)
+                ),
+                format!("<= {CONSUMER_CPU_US} µs"),
+                per_record_us(c.cpu_seconds, c.records) <= CONSUMER_CPU_US,
             ),
             info(
-                "Consumer CPU",
-                format!(
-                    "{:.2} s ({:.0} µs per record)",
-                    c.cpu_seconds,
-                    c.cpu_seconds * 1e6 / c.records.max(1) as f64
-                ),
+                "CPU of the consumer's run, by process",
+                cpu_split("consumer", &c.cpu),
             ),
+        ];
+        rows.extend(self.python_rows());
+        rows.extend([
             target(
                 format!("Consumer peak RSS ({}-record batches)", self.batch_records),
                 format!("{:.0} MB", c.peak_rss_mb),
                 format!("< {PEAK_RSS_MB:.0} MB"),
                 c.peak_rss_mb < PEAK_RSS_MB,
             ),
+            info("Consumer peak RSS by batch size", self.rss_by_batch()),
             target(
                 "Start-up to first committed batch",
                 format!(
@@ -227,7 +275,58 @@ impl Report {
                 format!("< {STARTUP_MS:.0} ms"),
                 c.startup_to_first_commit_ms < STARTUP_MS,
             ),
+        ]);
+        rows
+    }
+
+    /// The Python baseline, and whether the consumer is ahead of it.
+    fn python_rows(&self) -> Vec<Row> {
+        let Some(py) = &self.python else {
+            return vec![info(
+                "Python consumer (confluent-kafka, json, psycopg2 COPY + upsert)",
+                "not run (`bench --python`; scripts/bench.sh gives it)".into(),
+            )];
+        };
+        let ahead = self.consumer.records_per_s / py.records_per_s.max(1e-9);
+        vec![
+            target(
+                "Python consumer (confluent-kafka, json, psycopg2 COPY + upsert)",
+                format!(
+                    "{} records/s ({} rows in {:.1} s), {:.2} µs CPU per record, peak RSS \
+                     {:.0} MB; the consumer: {ahead:.2} x its rate",
+                    int(py.records_per_s),
+                    int(py.rows_written as f64),
+                    py.seconds,
+                    per_record_us(py.cpu_seconds, py.records),
+                    py.peak_rss_mb,
+                ),
+                "the consumer ahead".into(),
+                ahead > 1.0,
+            ),
+            info(
+                "CPU of the Python run, by process",
+                cpu_split("Python", &py.cpu),
+            ),
         ]
+    }
+
+    /// Peak RSS at each batch size, and what 10,000 more records per batch cost.
+    fn rss_by_batch(&self) -> String {
+        let points: Vec<(f64, f64)> = self
+            .by_batch
+            .iter()
+            .map(|c| (c.batch_records as f64, c.peak_rss_mb))
+            .collect();
+        let each = self
+            .by_batch
+            .iter()
+            .map(|c| format!("{}: {:.0} MB", int(c.batch_records as f64), c.peak_rss_mb))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match slope(&points) {
+            Some(s) => format!("{each}; {:.1} MB per 10,000-record batch", s * 10_000.0),
+            None => each,
+        }
     }
 
     /// Latency in the steady state, against the target, and over every message.
@@ -253,9 +352,48 @@ impl Report {
     }
 }
 
+/// CPU seconds per record, in microseconds.
+fn per_record_us(cpu_seconds: f64, records: u64) -> f64 {
+    cpu_seconds * 1e6 / records.max(1) as f64
+}
+
+/// "consumer 0.9 s (31%), broker 1.3 s, PostgreSQL 0.7 s".
+fn cpu_split(pipeline: &str, cpu: &Shares) -> String {
+    let known = |v: Option<f64>| v.map_or("not measured".to_string(), |s| format!("{s:.2} s"));
+    let share = cpu.pipeline_share().map_or(String::new(), |s| {
+        format!(" ({:.0}% of the three)", s * 100.0)
+    });
+    format!(
+        "{pipeline} {:.2} s{share}, broker {}, PostgreSQL {}",
+        cpu.pipeline_s,
+        known(cpu.broker_s),
+        known(cpu.postgres_s)
+    )
+}
+
+/// The least-squares slope of y over x (`None` for fewer than two distinct x).
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::int;
+    use super::{int, slope};
+
+    #[test]
+    fn memory_per_batch_is_the_fitted_slope() {
+        let points = [(10_000.0, 100.0), (20_000.0, 130.0), (40_000.0, 190.0)];
+        let s = slope(&points).unwrap();
+        assert!((s * 10_000.0 - 30.0).abs() < 1e-9, "{s}");
+        assert_eq!(slope(&[(10_000.0, 100.0)]), None);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0)]), None);
+    }
 
     #[test]
     fn thousands_are_grouped() {
