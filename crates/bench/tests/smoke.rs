@@ -60,4 +60,18 @@ fn a_small_benchmark_run_writes_consistent_figures() {
         assert!(r[rate]["seconds"].as_f64().unwrap() > 0.0, "{rate}");
     }
     assert!(r["consumer"]["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    // The run's own batch size, then the two larger ones, each over every record.
+    let by_batch = r["by_batch"].as_array().unwrap();
+    let sizes: Vec<u64> = by_batch
+        .iter()
+        .map(|c| c["batch_records"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [500, 20_000, 40_000]);
+    assert!(by_batch.iter().all(|c| c["records"] == 3000));
+    assert!(table.contains("MB per 10,000-record batch"), "{table}");
+    // PostgreSQL runs on this machine: its CPU beside the consumer's is measured.
+    let cpu = &r["consumer"]["cpu"];
+    assert!(cpu["pipeline_s"].as_f64().unwrap() > 0.0, "{cpu}");
+    assert!(cpu["postgres_s"].as_f64().unwrap() > 0.0, "{cpu}");
+    assert!(r["python"].is_null(), "no --python given");
 }
