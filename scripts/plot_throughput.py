@@ -23,6 +23,12 @@ def main(src: str, dst: str) -> None:
         ("Consume limit\n(raw rdkafka, msg/s)", rate(r["raw_consume"]), "#9e9e9e"),
         ("PostgreSQL write limit\n(COPY + upsert, rows/s)", rate(r["pg_write"]), "#9e9e9e"),
         ("Consumer end to end\n(rows/s)", r["consumer"]["rows_per_s"], "#1f77b4"),
+    ]
+    if r.get("python"):
+        bars.append(
+            ("Plain Python consumer\n(rows/s, the baseline)", r["python"]["rows_per_s"], "#ff7f0e")
+        )
+    bars += [
         ("Raw producer loop\n(events/s)", rate(r["raw_produce"]), "#9e9e9e"),
         ("Producer\n(events/s)", r["producer"]["events_per_s"], "#1f77b4"),
     ]
@@ -35,7 +41,7 @@ def main(src: str, dst: str) -> None:
     for i, v in enumerate(values):
         ax.text(v + top * 0.01, i, f"{v:,.0f}", va="center", fontsize=9)
     ax.set_xlim(0, top * 1.18)
-    ax.set_xlabel("per second (grey: limits measured in the same run; blue: the pipeline)")
+    ax.set_xlabel("per second (grey: limits measured in the same run; blue: the pipeline; orange: the baseline)")
     ax.set_title(
         f"Throughput, {r['events']:,} events, {r['date']}\n"
         f"{r['machine']}; {r['broker']}",

@@ -209,7 +209,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     write_report(&config, &report)
 }
 
-/// 3. The consumer end to end, then the Python baseline, then the consumer at
+/// Step 3: the consumer end to end, then the Python baseline, then the consumer at
 /// larger batches (its memory per batch size).
 async fn run_consumers(
     r: &Run<'_>,
