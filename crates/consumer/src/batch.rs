@@ -79,17 +79,11 @@ pub struct Transformed {
     pub started: Instant,
 }
 
-/// A batch ready to commit, and the figures the log line reports.
+/// A batch ready to commit: transformed, with each partition's move.
 pub struct Prepared {
     pub id: Uuid,
-    pub records: u64,
-    /// In the order of the outputs.
-    pub outputs: Vec<OutputRows>,
-    pub dead: Vec<DeadLetter>,
+    pub batch: Transformed,
     pub advances: Vec<Advance>,
-    pub input_rows: usize,
-    pub failed_rows: usize,
-    pub started: Instant,
 }
 
 /// A batch being transformed on a worker thread (so that it can overlap the commit
@@ -135,13 +129,8 @@ impl Transformed {
             .collect();
         Prepared {
             id: Uuid::now_v7(),
-            records: self.records,
-            outputs: self.outputs,
-            dead: self.dead,
+            batch: self,
             advances,
-            input_rows: self.input_rows,
-            failed_rows: self.failed_rows,
-            started: self.started,
         }
     }
 }

@@ -488,10 +488,10 @@ impl LoopState<'_> {
     ) -> Result<(Outcome, Collecting), Error> {
         let batch = commit::Batch {
             id: prepared.id,
-            outputs: &prepared.outputs,
-            dead_letters: &prepared.dead,
+            outputs: &prepared.batch.outputs,
+            dead_letters: &prepared.batch.dead,
             advances: &prepared.advances,
-            records: prepared.records,
+            records: prepared.batch.records,
         };
         let mut pressure = Backpressure::new(HOLD_BEFORE_PAUSE);
         let mut paused: Option<TopicPartitionList> = None;
@@ -545,11 +545,12 @@ impl LoopState<'_> {
 
     /// Metrics, the run's summary and the log line of a committed batch.
     fn report(&mut self, p: &Prepared, c: &Committed) {
-        let elapsed = p.started.elapsed();
-        let rows_out: Vec<usize> = p.outputs.iter().map(|o| o.num_rows()).collect();
+        let b = &p.batch;
+        let elapsed = b.started.elapsed();
+        let rows_out: Vec<usize> = b.outputs.iter().map(|o| o.num_rows()).collect();
         // Input rows an output's query did not turn into rows (an aggregate's are
         // not counted: its rows are groups, not records).
-        let kept = p.input_rows.saturating_sub(p.failed_rows);
+        let kept = b.input_rows.saturating_sub(b.failed_rows);
         for ((output, rows), written) in self.outputs.iter().zip(&rows_out).zip(&c.rows_written) {
             let filtered = match output.table.mode {
                 crate::sink::postgres::Mode::Merge(_) => 0,
@@ -561,18 +562,18 @@ impl LoopState<'_> {
         self.metrics.batch_duration.record(elapsed.as_secs_f64());
         let sink_stage = (0..c.rejected_rows).map(|_| Stage::Sink);
         self.metrics
-            .dead_letters(p.dead.iter().map(|d| d.stage).chain(sink_stage));
+            .dead_letters(b.dead.iter().map(|d| d.stage).chain(sink_stage));
         self.metrics.committed_now();
         self.observe();
         let rows_written: u64 = c.rows_written.iter().sum();
         self.summary.batches += 1;
-        self.summary.records += p.records;
+        self.summary.records += b.records;
         self.summary.rows_written += rows_written;
         self.summary.dead_letters += c.dead_letters;
         info!(
             message = "Batch committed.",
             batch = %p.id,
-            records = p.records,
+            records = b.records,
             rows_out = %describe_counts(&rows_out),
             rows_written = %describe_counts(&c.rows_written),
             filtered = kept.saturating_sub(rows_out.first().copied().unwrap_or(0)),
@@ -581,7 +582,7 @@ impl LoopState<'_> {
             partitions = %describe_ranges(&p.advances),
             part_file = %if c.part_files.is_empty() { "-".to_string() } else { c.part_files.join(" ") },
             duration_ms = elapsed.as_millis() as u64,
-            rows_per_s = (p.records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
+            rows_per_s = (b.records as f64 / elapsed.as_secs_f64().max(1e-6)).round() as u64,
         );
     }
 
