@@ -16,8 +16,10 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -80,6 +82,29 @@ fn reusable(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.children().into_iter().all(reusable)
 }
 
+/// Whether the query calls a function that is not immutable: DataFusion folds a
+/// stable one (`now()`, `current_date`, ...) into a constant when it plans, so a
+/// plan made once would stamp every batch with the start-up time.
+fn calls_time_or_volatile(plan: &LogicalPlan) -> bool {
+    let not_immutable = |e: &Expr| {
+        Ok(matches!(e, Expr::ScalarFunction(f)
+            if f.func.signature().volatility != Volatility::Immutable))
+    };
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            found |= e.exists(not_immutable)?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
 /// A planned query.
 pub struct Transform {
     ctx: SessionContext,
@@ -108,17 +133,20 @@ impl Transform {
             output: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         };
         // The physical side too: some errors only show up there.
-        let plan = transform.plan().await?;
+        let (plan, once) = transform.plan().await?;
         Ok(Self {
             output: plan.schema(),
-            plan: reusable(&plan).then_some(plan),
+            plan: (once && reusable(&plan)).then_some(plan),
             ..transform
         })
     }
 
-    async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>, TransformError> {
+    /// The physical plan, and whether planning it once is enough (no function
+    /// whose value planning would freeze).
+    async fn plan(&self) -> Result<(Arc<dyn ExecutionPlan>, bool), TransformError> {
         let df = self.ctx.sql_with_options(&self.sql, only_queries()).await?;
-        Ok(df.create_physical_plan().await?)
+        let once = !calls_time_or_volatile(df.logical_plan());
+        Ok((df.create_physical_plan().await?, once))
     }
 
     /// The columns the query produces.
@@ -130,7 +158,7 @@ impl Transform {
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>, TransformError> {
         let plan = match &self.plan {
             Some(plan) => reset_plan_states(plan.clone())?,
-            None => self.plan().await?,
+            None => self.plan().await?.0,
         };
         let config = self
             .ctx
@@ -396,6 +424,21 @@ mod tests {
         let projected: Vec<RecordBatch> = out.iter().map(|b| b.project(&[0, 1]).unwrap()).collect();
         assert_eq!(expected.len(), 97);
         assert_eq!(rows_of(&projected), expected);
+    }
+
+    /// `now()` is folded into a constant when planning: such a query is planned per
+    /// batch, so each batch gets its own time.
+    #[tokio::test]
+    async fn a_query_reading_the_clock_sees_each_batch_s_time() {
+        let t = Transform::new("SELECT id, now() AS seen FROM events")
+            .await
+            .unwrap();
+        assert!(t.plan.is_none());
+        let rows = [(1, r#"{"id":"a"}"#)];
+        let first = rows_of(&t.run(batch(&rows)).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let second = rows_of(&t.run(batch(&rows)).await.unwrap());
+        assert_ne!(first, second, "the second batch kept the first one's now()");
     }
 
     #[tokio::test]

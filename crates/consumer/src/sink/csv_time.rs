@@ -45,7 +45,7 @@ pub fn timestamps_as_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError
                     DataType::Utf8,
                     field.is_nullable(),
                 ));
-                columns.push(as_text(column, *unit, tz.is_some()));
+                columns.push(as_text(column, *unit, tz.is_some())?);
             }
             _ => {
                 fields.push(field.as_ref().clone());
@@ -67,7 +67,7 @@ fn formatted_here(data_type: &DataType) -> bool {
 
 /// A timestamp column as text: (milliseconds since the epoch, the sub-millisecond
 /// part dropped as `%.3f` does).
-fn as_text(column: &ArrayRef, unit: TimeUnit, with_offset: bool) -> ArrayRef {
+fn as_text(column: &ArrayRef, unit: TimeUnit, with_offset: bool) -> Result<ArrayRef, ArrowError> {
     let millis = |i: usize| -> i64 {
         match unit {
             TimeUnit::Second => column
@@ -94,30 +94,31 @@ fn as_text(column: &ArrayRef, unit: TimeUnit, with_offset: bool) -> ArrayRef {
             continue;
         }
         text.clear();
-        format_millis(&mut text, millis(i), with_offset);
+        let at = millis(i);
+        if !format_millis(&mut text, at, with_offset) {
+            return Err(ArrowError::CastError(format!(
+                "timestamp {at} ms since the epoch has no date to write in a part file"
+            )));
+        }
         out.append_value(&text);
     }
-    Arc::new(out.finish())
+    Ok(Arc::new(out.finish()))
 }
 
-/// Appends `millis` (since the epoch, UTC) in the part files' format.
-pub fn format_millis(out: &mut String, millis: i64, with_offset: bool) {
+/// Appends `millis` (since the epoch, UTC) in the part files' format; false when
+/// no date can spell it (arrow-csv then failed the file too).
+pub fn format_millis(out: &mut String, millis: i64, with_offset: bool) -> bool {
     let days = millis.div_euclid(86_400_000);
     let in_day = millis.rem_euclid(86_400_000);
     let (year, month, day) = civil_from_days(days);
     if !(0..=9999).contains(&year) {
         // chrono's own spelling of such years (a sign, more digits).
         let format = if with_offset { TZ_FORMAT } else { NAIVE_FORMAT };
-        match chrono::DateTime::from_timestamp_millis(millis) {
-            Some(t) if with_offset => {
-                let _ = write!(out, "{}", t.format(format));
-            }
-            Some(t) => {
-                let _ = write!(out, "{}", t.naive_utc().format(format));
-            }
-            None => {}
-        }
-        return;
+        return match chrono::DateTime::from_timestamp_millis(millis) {
+            Some(t) if with_offset => write!(out, "{}", t.format(format)).is_ok(),
+            Some(t) => write!(out, "{}", t.naive_utc().format(format)).is_ok(),
+            None => false,
+        };
     }
     let (h, m, s, ms) = (
         in_day / 3_600_000,
@@ -155,6 +156,7 @@ pub fn format_millis(out: &mut String, millis: i64, with_offset: bool) {
     if with_offset {
         out.push_str("+00:00");
     }
+    true
 }
 
 /// (year, month, day) of a day counted from 1970-01-01, proleptic Gregorian
@@ -210,7 +212,7 @@ mod tests {
         for millis in values {
             for with_offset in [true, false] {
                 let mut ours = String::new();
-                format_millis(&mut ours, millis, with_offset);
+                assert!(format_millis(&mut ours, millis, with_offset));
                 assert_eq!(ours, chrono_text(millis, with_offset), "{millis}");
             }
         }
@@ -237,5 +239,9 @@ mod tests {
         assert!(t.is_null(1));
         assert_eq!(t.value(2), "1969-12-31T23:59:59.999+00:00");
         assert_eq!(out.column(1).data_type(), batch.column(1).data_type());
+        // Beyond any date chrono can spell: an error, never an empty field.
+        let far = TimestampMicrosecondArray::from(vec![Some(i64::MAX)]).with_timezone("UTC");
+        let batch = RecordBatch::try_from_iter([("t", Arc::new(far) as ArrayRef)]).unwrap();
+        assert!(timestamps_as_text(&batch).is_err());
     }
 }
