@@ -47,6 +47,22 @@ pub struct Finished {
     pub log: Vec<String>,
 }
 
+impl Finished {
+    /// The summary line (starting with `prefix`) of a child that exited 0; an error
+    /// with its last lines otherwise. `who` names it in the error.
+    pub fn summary_line(&self, who: &str, prefix: &str) -> anyhow::Result<&str> {
+        let tail = self.log[self.log.len().saturating_sub(20)..].join("\n");
+        if self.code != 0 {
+            bail!("{who} exited with {}:\n{tail}", self.code);
+        }
+        self.log
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .map(String::as_str)
+            .with_context(|| format!("no summary line from {who}:\n{tail}"))
+    }
+}
+
 /// Starts `bin` from `bin_dir` against `brokers` with `args`, logging JSON lines,
 /// stdout and stderr captured.
 pub fn spawn(bin_dir: &Path, bin: &str, brokers: &str, args: &[&str]) -> anyhow::Result<Running> {

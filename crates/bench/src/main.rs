@@ -194,8 +194,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             events_per_s: limits.producer,
             vs_raw: limits.producer / limits.raw_produce.per_s(),
         },
-        consumer_vs_pg_limit: consumer.rows_per_s / limits.pg_write.per_s(),
-        consumer_vs_consume_limit: consumer.records_per_s / limits.raw_consume.per_s(),
+        consumer_vs_pg_limit: consumer.run.rows_per_s / limits.pg_write.per_s(),
+        consumer_vs_consume_limit: consumer.run.records_per_s / limits.raw_consume.per_s(),
         consumer,
         python,
         by_batch,
@@ -217,7 +217,7 @@ async fn run_consumers(
     limits: &Limits,
 ) -> anyhow::Result<(
     report::Consumer,
-    Option<report::Baseline>,
+    Option<report::Throughput>,
     Vec<report::Consumer>,
 )> {
     let config = r.config;
@@ -460,15 +460,7 @@ fn write_report(config: &Config, report: &Report) -> anyhow::Result<()> {
 /// Waits for a producer and reads its summary line: events sent and its rate.
 fn child_summary(child: child::Running, timeout: Duration) -> anyhow::Result<(u64, f64)> {
     let finished = child.finish(timeout)?;
-    let tail = finished.log[finished.log.len().saturating_sub(20)..].join("\n");
-    if finished.code != 0 {
-        bail!("the producer exited with {}:\n{tail}", finished.code);
-    }
-    let line = finished
-        .log
-        .iter()
-        .find(|l| l.starts_with("sent="))
-        .with_context(|| format!("no summary line from the producer:\n{tail}"))?;
+    let line = finished.summary_line("the producer", "sent=")?;
     match (field(line, "sent="), field(line, "rate=")) {
         (Some(sent), Some(rate)) => Ok((sent as u64, rate)),
         _ => bail!("cannot read the producer's summary line: {line}"),

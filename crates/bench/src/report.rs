@@ -23,37 +23,31 @@ pub struct Producer {
     pub vs_raw: f64,
 }
 
+/// What a consumer run did, measured from the outside (ours and the Python one).
 #[derive(Debug, Clone, Serialize)]
-pub struct Consumer {
-    pub batch_records: u64,
+pub struct Throughput {
     pub records: u64,
     pub rows_written: u64,
-    pub rows_in_table: u64,
-    pub csv_rows: u64,
-    pub batches: u64,
     pub seconds: f64,
-    pub rows_per_s: f64,
     pub records_per_s: f64,
+    pub rows_per_s: f64,
     pub cpu_seconds: f64,
     /// The CPU of the run: the consumer's, the broker's and PostgreSQL's.
     pub cpu: Shares,
     pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Consumer {
+    pub batch_records: u64,
+    #[serde(flatten)]
+    pub run: Throughput,
+    pub rows_in_table: u64,
+    pub csv_rows: u64,
+    pub batches: u64,
     pub startup_to_first_commit_ms: f64,
     /// Of which: joining the group until partitions were assigned.
     pub startup_to_assignment_ms: f64,
-}
-
-/// The plain Python consumer over the same records (`scripts/python_consumer.py`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Baseline {
-    pub records: u64,
-    pub rows_written: u64,
-    pub seconds: f64,
-    pub records_per_s: f64,
-    pub rows_per_s: f64,
-    pub cpu_seconds: f64,
-    pub cpu: Shares,
-    pub peak_rss_mb: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +76,7 @@ pub struct Report {
     pub consumer_vs_pg_limit: f64,
     pub consumer_vs_consume_limit: f64,
     /// The Python baseline, when an interpreter for it was given.
-    pub python: Option<Baseline>,
+    pub python: Option<Throughput>,
     /// The consumer at each batch size measured (the run's own first).
     pub by_batch: Vec<Consumer>,
     pub latency: Latency,
@@ -208,7 +202,7 @@ impl Report {
     /// The consumer's rate against the lower of its two limits.
     pub fn consumer_vs_limit(&self) -> f64 {
         let limit = self.raw_consume.per_s().min(self.pg_limit_records_per_s());
-        self.consumer.records_per_s / limit.max(1e-9)
+        self.consumer.run.records_per_s / limit.max(1e-9)
     }
 
     /// The two binaries against their targets.
@@ -230,13 +224,13 @@ impl Report {
                 format!(
                     "{} records/s = {:.2} x the lower limit ({:.2} x consume limit, {:.2} x \
                      PostgreSQL limit; {} records, {} rows in {:.1} s)",
-                    int(c.records_per_s),
+                    int(c.run.records_per_s),
                     self.consumer_vs_limit(),
                     self.consumer_vs_consume_limit,
-                    c.records_per_s / self.pg_limit_records_per_s().max(1e-9),
-                    int(c.records as f64),
-                    int(c.rows_written as f64),
-                    c.seconds,
+                    c.run.records_per_s / self.pg_limit_records_per_s().max(1e-9),
+                    int(c.run.records as f64),
+                    int(c.run.rows_written as f64),
+                    c.run.seconds,
                 ),
                 format!(">= {CONSUMER_VS_LIMIT} x min(consume, PostgreSQL)"),
                 self.consumer_vs_limit() >= CONSUMER_VS_LIMIT,
@@ -245,25 +239,25 @@ impl Report {
                 "Consumer CPU per record (user + sys)",
                 format!(
                     "{:.2} µs ({:.2} s for {} records)",
-                    per_record_us(c.cpu_seconds, c.records),
-                    c.cpu_seconds,
-                    int(c.records as f64)
+                    per_record_us(c.run.cpu_seconds, c.run.records),
+                    c.run.cpu_seconds,
+                    int(c.run.records as f64)
                 ),
                 format!("<= {CONSUMER_CPU_US} µs"),
-                per_record_us(c.cpu_seconds, c.records) <= CONSUMER_CPU_US,
+                per_record_us(c.run.cpu_seconds, c.run.records) <= CONSUMER_CPU_US,
             ),
             info(
                 "CPU of the consumer's run, by process",
-                cpu_split("consumer", &c.cpu),
+                cpu_split("consumer", &c.run.cpu),
             ),
         ];
         rows.extend(self.python_rows());
         rows.extend([
             target(
                 format!("Consumer peak RSS ({}-record batches)", self.batch_records),
-                format!("{:.0} MB", c.peak_rss_mb),
+                format!("{:.0} MB", c.run.peak_rss_mb),
                 format!("< {PEAK_RSS_MB:.0} MB"),
-                c.peak_rss_mb < PEAK_RSS_MB,
+                c.run.peak_rss_mb < PEAK_RSS_MB,
             ),
             info("Consumer peak RSS by batch size", self.rss_by_batch()),
             target(
@@ -287,7 +281,7 @@ impl Report {
                 "not run (`bench --python`; scripts/bench.sh gives it)".into(),
             )];
         };
-        let ahead = self.consumer.records_per_s / py.records_per_s.max(1e-9);
+        let ahead = self.consumer.run.records_per_s / py.records_per_s.max(1e-9);
         vec![
             target(
                 "Python consumer (confluent-kafka, json, psycopg2 COPY + upsert)",
@@ -315,12 +309,18 @@ impl Report {
         let points: Vec<(f64, f64)> = self
             .by_batch
             .iter()
-            .map(|c| (c.batch_records as f64, c.peak_rss_mb))
+            .map(|c| (c.batch_records as f64, c.run.peak_rss_mb))
             .collect();
         let each = self
             .by_batch
             .iter()
-            .map(|c| format!("{}: {:.0} MB", int(c.batch_records as f64), c.peak_rss_mb))
+            .map(|c| {
+                format!(
+                    "{}: {:.0} MB",
+                    int(c.batch_records as f64),
+                    c.run.peak_rss_mb
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         match slope(&points) {

@@ -13,8 +13,10 @@ use anyhow::{Context, bail};
 
 use crate::Run;
 use crate::child;
+use crate::child::Finished;
+use crate::cpu::Shares;
 use crate::cpu::Tracked;
-use crate::report::{Baseline, Consumer};
+use crate::report::{Consumer, Throughput};
 
 /// One `consumer --available-now` run at `batch_records`, writing table `table`.
 pub async fn consumer(
@@ -76,23 +78,30 @@ pub async fn consumer(
     if csv_rows != rows_written as u64 {
         bail!("CSV part files hold {csv_rows} rows, PostgreSQL got {rows_written}");
     }
-    let seconds = finished.wall.as_secs_f64();
     Ok(Consumer {
         batch_records: batch_records as u64,
-        records: records as u64,
-        rows_written: rows_written as u64,
+        run: throughput(&finished, records as u64, rows_written as u64, cpu),
         rows_in_table: rows_in_table as u64,
         csv_rows,
         batches: batches as u64,
-        seconds,
-        rows_per_s: rows_written as f64 / seconds,
-        records_per_s: records as f64 / seconds,
-        cpu_seconds: finished.cpu.as_secs_f64(),
-        cpu,
-        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
         startup_to_first_commit_ms: first_commit.as_secs_f64() * 1000.0,
         startup_to_assignment_ms: assigned.as_secs_f64() * 1000.0,
     })
+}
+
+/// A finished run's figures over `records` read and `rows_written`.
+fn throughput(finished: &Finished, records: u64, rows_written: u64, cpu: Shares) -> Throughput {
+    let seconds = finished.wall.as_secs_f64();
+    Throughput {
+        records,
+        rows_written,
+        seconds,
+        records_per_s: records as f64 / seconds,
+        rows_per_s: rows_written as f64 / seconds,
+        cpu_seconds: finished.cpu.as_secs_f64(),
+        cpu,
+        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
+    }
 }
 
 /// The Python consumer over the same topic, run by `python` (an interpreter with
@@ -103,7 +112,7 @@ pub async fn python(
     python: &Path,
     topic: &str,
     limit_ids: usize,
-) -> anyhow::Result<Baseline> {
+) -> anyhow::Result<Throughput> {
     let n = r.config.events;
     let table = "python_users";
     let out_dir = r.work.join("output_python");
@@ -121,15 +130,7 @@ pub async fn python(
     let child = child::spawn_command(command, "python_consumer.py")?;
     let finished = child.finish(Duration::from_secs(900))?;
     let cpu = before.shares_until(&r.tracked.snapshot(), finished.cpu);
-    let tail = finished.log[finished.log.len().saturating_sub(10)..].join("\n");
-    if finished.code != 0 {
-        bail!("the Python consumer exited with {}:\n{tail}", finished.code);
-    }
-    let line = finished
-        .log
-        .iter()
-        .find(|l| l.starts_with("records="))
-        .with_context(|| format!("no summary line from the Python consumer:\n{tail}"))?;
+    let line = finished.summary_line("the Python consumer", "records=")?;
     let number = |name: &str| crate::field(line, name).map(|v| v as u64);
     let (Some(records), Some(rows_written)) = (number("records="), number("rows=")) else {
         bail!("cannot read the Python consumer's summary line: {line}");
@@ -145,17 +146,7 @@ pub async fn python(
     if csv_rows != rows_written {
         bail!("the Python consumer's CSV files hold {csv_rows} rows, it wrote {rows_written}");
     }
-    let seconds = finished.wall.as_secs_f64();
-    Ok(Baseline {
-        records,
-        rows_written,
-        seconds,
-        records_per_s: records as f64 / seconds,
-        rows_per_s: rows_written as f64 / seconds,
-        cpu_seconds: finished.cpu.as_secs_f64(),
-        cpu,
-        peak_rss_mb: finished.peak_rss_bytes as f64 / 1e6,
-    })
+    Ok(throughput(&finished, records, rows_written, cpu))
 }
 
 /// `scripts/python_consumer.py`, from `--python-consumer` or the repository.
