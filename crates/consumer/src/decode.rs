@@ -223,9 +223,10 @@ impl<'de> Visitor<'de> for EventVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values: Values<'de> = Default::default();
         let mut seen = [false; FIELDS.len()];
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
-            match FIELDS.iter().position(|f| *f == name) {
+        while let Some(FieldName(field)) = map.next_key::<FieldName>()? {
+            match field {
                 Some(i) => {
+                    let name = FIELDS[i];
                     if seen[i] {
                         return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
                     }
@@ -241,6 +242,26 @@ impl<'de> Visitor<'de> for EventVisitor {
             }
         }
         Ok(values)
+    }
+}
+
+/// A key of the payload's object: which event field it names, if any. It is read
+/// without a copy (serde's `Cow<str>` would allocate a `String` per key).
+struct FieldName(Option<usize>);
+
+impl<'de> de::Deserialize<'de> for FieldName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = FieldName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(FIELDS.iter().position(|f| *f == v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -330,6 +351,18 @@ mod tests {
         assert_eq!(v[3].as_deref(), Some("true"));
         assert_eq!(v[6], None);
         assert_eq!(v[1], None, "missing field is null");
+        // A key spelled with escapes names the same field (and counts as a repeat).
+        let v = parse(Some(
+            r#"{"fir\u0073t_name":"Zoë","\u0069d":"7"}"#.as_bytes(),
+        ))
+        .unwrap();
+        assert_eq!(v[1].as_deref(), Some("Zoë"));
+        assert_eq!(v[0].as_deref(), Some("7"));
+        let twice = parse(Some(br#"{"id":"1","\u0069d":"2"}"#)).unwrap_err();
+        assert!(
+            twice.to_string().contains("duplicate field `id`"),
+            "{twice}"
+        );
     }
 
     #[test]
