@@ -103,9 +103,16 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
             .zip(columns)
             .map(|(a, c)| cast(a, &c.pg.canonical()))
             .collect::<Result<_, _>>()?;
+        // Only columns that may hold a value PostgreSQL cannot store are checked row
+        // by row (a text column with a NUL byte somewhere, a time before 4714 BC).
+        let suspects: Vec<(&ArrayRef, &Column)> = cast_columns
+            .iter()
+            .zip(columns)
+            .filter(|(array, column)| may_be_unstorable(array, column.pg))
+            .collect();
         'rows: for row in 0..batch.num_rows() {
             // A value PostgreSQL cannot store rejects its row, not the whole COPY.
-            for (array, column) in cast_columns.iter().zip(columns) {
+            for &(array, column) in &suspects {
                 if let Some(why) = unstorable(array, column.pg, row) {
                     rejected.push(Rejected {
                         at: (b, row),
@@ -139,6 +146,27 @@ pub fn encode(batches: &[RecordBatch], columns: &[Column]) -> Result<Encoded, Ar
 pub const PG_MIN_TIMESTAMP_MICROS: i64 = -210_866_803_200_000_000;
 /// Earliest date PostgreSQL accepts, in days since the Unix epoch.
 const PG_MIN_DATE_DAYS: i32 = -2_440_588;
+
+/// Whether any value of `array` may be one PostgreSQL cannot store: a scan of the
+/// whole column at once, so that clean columns (nearly all) skip [`unstorable`].
+/// It may say yes for a clean column (a sliced array's buffer holds bytes outside
+/// the slice), never no for one with such a value.
+fn may_be_unstorable(array: &ArrayRef, pg: PgType) -> bool {
+    match pg {
+        PgType::Text => array.as_string::<i32>().values().contains(&0),
+        PgType::Timestamptz | PgType::Timestamp => array
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .iter()
+            .any(|&v| v < PG_MIN_TIMESTAMP_MICROS),
+        PgType::Date => array
+            .as_primitive::<Date32Type>()
+            .values()
+            .iter()
+            .any(|&v| v < PG_MIN_DATE_DAYS),
+        _ => false,
+    }
+}
 
 /// Why PostgreSQL could not store this value, if it could not.
 fn unstorable(array: &ArrayRef, pg: PgType, row: usize) -> Option<&'static str> {
