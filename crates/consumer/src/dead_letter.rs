@@ -18,6 +18,8 @@ use datafusion::arrow::datatypes::{
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+// A hash map with DataFusion's fast hash, for keys taken from a batch's rows.
+use datafusion::common::HashMap as FastMap;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -184,7 +186,7 @@ pub struct Provenance {
     key: Vec<String>,
     /// Key text -> the input row with that key and the highest rank (the one the
     /// default query keeps), built on first use.
-    by_key: OnceLock<HashMap<String, usize>>,
+    by_key: OnceLock<FastMap<String, usize>>,
 }
 
 /// The columns holding the rank of a row's record in the output table.
@@ -226,18 +228,23 @@ impl Provenance {
         keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
     }
 
-    /// For each row of an output batch, the input row it came from. Text keys
-    /// (the usual case) are matched as borrowed strings, with no copy per row.
-    fn input_rows(&self, batch: &RecordBatch) -> Vec<Option<usize>> {
-        let strings = |b: &RecordBatch| -> Option<StringArray> {
-            let [key] = self.key.as_slice() else {
-                return None;
-            };
-            let column = b.column_by_name(key)?;
-            column.as_string_opt::<i32>().cloned()
+    /// The key column when there is one and it is text (the usual case).
+    fn text_key(&self, batch: &RecordBatch) -> Option<StringArray> {
+        let [key] = self.key.as_slice() else {
+            return None;
         };
-        if let (Some(input), Some(output)) = (strings(&self.input), strings(batch)) {
-            let by_key = highest_ranked(input.iter(), self.ranks());
+        batch.column_by_name(key)?.as_string_opt::<i32>().cloned()
+    }
+
+    /// For each row of an output batch, the input row it came from. Text keys are
+    /// matched as borrowed strings, through `by_text` (built once per batch of
+    /// input), with no copy per row.
+    fn input_rows(
+        &self,
+        batch: &RecordBatch,
+        by_text: Option<&FastMap<&str, usize>>,
+    ) -> Vec<Option<usize>> {
+        if let (Some(by_key), Some(output)) = (by_text, self.text_key(batch)) {
             return output.iter().map(|k| by_key.get(k?).copied()).collect();
         }
         let keys = key_texts(batch, &self.key);
@@ -250,11 +257,15 @@ impl Provenance {
     /// [`RANK_COLUMNS`] (null where the record is not known).
     pub fn ranked(&self, output: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
         let ranks = self.ranks();
+        let input_keys = self.text_key(&self.input);
+        let by_text = input_keys
+            .as_ref()
+            .map(|keys| highest_ranked(keys.iter(), ranks));
         output
             .iter()
             .map(|batch| {
                 let (mut partitions, mut offsets) = (Int32Builder::new(), Int64Builder::new());
-                for input in self.input_rows(batch) {
+                for input in self.input_rows(batch, by_text.as_ref()) {
                     let rank = input.zip(ranks).map(|(i, (p, o))| (p.value(i), o.value(i)));
                     partitions.append_option(rank.map(|r| r.0));
                     offsets.append_option(rank.map(|r| r.1));
@@ -303,9 +314,12 @@ impl Provenance {
 fn highest_ranked<K: std::hash::Hash + Eq>(
     keys: impl Iterator<Item = Option<K>>,
     ranks: Option<(&Int32Array, &Int64Array)>,
-) -> HashMap<K, usize> {
+) -> FastMap<K, usize> {
     let rank = |i: usize| ranks.map(|(p, o)| (p.value(i), o.value(i)));
-    let mut map: HashMap<K, usize> = HashMap::new();
+    // Keys are the batch's own data, hashed once per record: a fast hash (the one
+    // DataFusion's hash tables use), not SipHash.
+    let (lower, _) = keys.size_hint();
+    let mut map = FastMap::with_capacity(lower);
     for (i, k) in keys.enumerate() {
         let Some(k) = k else { continue };
         if map.get(&k).is_none_or(|j| rank(i) >= rank(*j)) {
