@@ -10,13 +10,12 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use uuid::Uuid;
 
-use super::csv_time;
+use super::{csv_rows, csv_time};
 
 const STAGING: &str = ".staging";
 const LOCK: &str = ".lock";
@@ -235,18 +234,13 @@ impl CsvSink {
 /// Writes `rows` as one CSV file with a header and syncs it to disk.
 fn write_csv(path: &Path, rows: &[RecordBatch]) -> Result<(), CsvError> {
     let file = File::create(path).map_err(|e| err(path, e))?;
-    let mut writer = arrow_csv::WriterBuilder::new()
-        .with_header(true)
-        .with_timestamp_tz_format(csv_time::TZ_FORMAT.to_string())
-        .with_timestamp_format(csv_time::NAIVE_FORMAT.to_string())
-        .build(BufWriter::with_capacity(1 << 20, file));
-    for b in rows {
-        let b = csv_time::timestamps_as_text(b).map_err(|e| err(path, e))?;
-        writer.write(&b).map_err(|e| err(path, e))?;
-    }
-    let mut out = writer.into_inner();
-    out.flush().map_err(|e| err(path, e))?;
-    out.get_ref().sync_all().map_err(|e| err(path, e))
+    let rows = rows
+        .iter()
+        .map(csv_time::timestamps_as_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(path, e))?;
+    let file = csv_rows::write_rows(file, &rows).map_err(|e| err(path, e))?;
+    file.sync_all().map_err(|e| err(path, e))
 }
 
 fn promote(dir: &Path, staged: &Path) -> Result<PathBuf, CsvError> {

@@ -11,6 +11,7 @@
 
 pub mod copy;
 pub mod csv;
+pub mod csv_rows;
 pub mod csv_time;
 pub mod pg_error;
 pub mod pg_tls;
