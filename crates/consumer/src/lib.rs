@@ -26,6 +26,7 @@
 //! - [`pipeline`]: the micro-batch loop driving them.
 //! - [`operator`]: `status`, `validate`, `replay-dead-letters`, `reset-offsets`.
 //! - [`telemetry`]: Prometheus metrics and the readiness check.
+//! - [`memory`]: the C allocator's arenas (one), set before any thread starts.
 //!
 //! ARCHITECTURE.md at the repository root explains the delivery guarantee.
 
@@ -37,6 +38,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod gaps;
 pub mod ledger;
+pub mod memory;
 pub mod operator;
 pub mod outputs;
 pub mod partitions;
