@@ -58,6 +58,20 @@ fn parse_stat(text: &str) -> Option<(i32, u64, u64)> {
     Some((ppid, num(14)? + num(15)?, num(16)? + num(17)?))
 }
 
+/// User + system CPU this process has used so far (all its threads), to the
+/// microsecond (`/proc` counts in clock ticks, too coarse for a short step).
+pub fn own_cpu() -> Option<Duration> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Some(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
 fn ticks(t: u64) -> Duration {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
@@ -138,6 +152,13 @@ mod tests {
         }
         assert!(x != 1);
         assert!(tree_cpu(me).unwrap() >= before);
+        let own = own_cpu().expect("getrusage");
+        let mut y = 0u64;
+        for i in 0..20_000_000u64 {
+            y = std::hint::black_box(y.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(y != 1);
+        assert!(own_cpu().unwrap() > own, "the loop's CPU is counted");
         let shares = Shares {
             pipeline_s: 1.0,
             broker_s: Some(2.0),

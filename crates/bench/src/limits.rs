@@ -24,6 +24,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 use uuid::Uuid;
 
+use crate::cpu;
+
 /// One pre-encoded event.
 pub struct Event {
     pub key: Option<Vec<u8>>,
@@ -48,6 +50,9 @@ pub struct Rate {
     pub count: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// CPU seconds it cost (user + system, every thread), where measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Rate {
@@ -97,6 +102,7 @@ pub fn raw_produce(base: &ClientConfig, topic: &str, events: &[Event]) -> anyhow
         count: events.len() as u64,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: None,
     })
 }
 
@@ -121,6 +127,9 @@ pub fn raw_consume(
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
+    // This process does nothing else meanwhile: its CPU is librdkafka's fetching
+    // and handing over each message, the floor under any Kafka consumer's cost.
+    let cpu_before = cpu::own_cpu();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);
     let (mut count, mut bytes) = (0u64, 0u64);
@@ -137,10 +146,15 @@ pub fn raw_consume(
             None => {}
         }
     }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = cpu::own_cpu();
     Ok(Rate {
         count,
         bytes,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
+        cpu_seconds: cpu_before
+            .zip(cpu_after)
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64()),
     })
 }
 
@@ -255,6 +269,7 @@ pub async fn pg_write(
             count: encoded.rows,
             bytes,
             seconds,
+            cpu_seconds: None,
         },
         ids,
     ))

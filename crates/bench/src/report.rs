@@ -178,9 +178,15 @@ impl Report {
             info(
                 "Limit: raw consume (rdkafka, counting only)",
                 format!(
-                    "{} msg/s ({:.1} MB/s)",
+                    "{} msg/s ({:.1} MB/s){}",
                     int(self.raw_consume.per_s()),
-                    self.raw_consume.mb_per_s()
+                    self.raw_consume.mb_per_s(),
+                    self.raw_consume
+                        .cpu_seconds
+                        .map_or(String::new(), |cpu| format!(
+                            ", {:.2} µs CPU per message (librdkafka alone)",
+                            per_record_us(cpu, self.raw_consume.count)
+                        ))
                 ),
             ),
             info(

@@ -59,6 +59,10 @@ fn a_small_benchmark_run_writes_consistent_figures() {
     for rate in ["raw_consume", "pg_write", "raw_produce"] {
         assert!(r[rate]["seconds"].as_f64().unwrap() > 0.0, "{rate}");
     }
+    // The raw consume's own CPU, the floor under the consumer's, is measured.
+    let floor = r["raw_consume"]["cpu_seconds"].as_f64().unwrap();
+    assert!(floor > 0.0, "raw consume CPU {floor}");
+    assert!(table.contains("librdkafka alone"), "{table}");
     assert!(r["consumer"]["peak_rss_mb"].as_f64().unwrap() > 1.0);
     // The run's own batch size, then the two larger ones, each over every record.
     let by_batch = r["by_batch"].as_array().unwrap();
