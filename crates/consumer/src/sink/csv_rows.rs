@@ -282,7 +282,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(14);
         for round in 0..20 {
             let batches: Vec<RecordBatch> = (0..3)
-                .map(|_| random_batch(&mut rng, rng.random_range(0..300)))
+                .map(|_| {
+                    let rows = rng.random_range(0..300);
+                    random_batch(&mut rng, rows)
+                })
                 .collect();
             let expected = arrow_csv(&batches).unwrap();
             assert_eq!(
