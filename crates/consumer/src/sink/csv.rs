@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::record_batch::RecordBatch;
 use uuid::Uuid;
 
-use super::{csv_rows, csv_time};
+use super::csv_rows;
 
 const STAGING: &str = ".staging";
 const LOCK: &str = ".lock";
@@ -234,12 +234,7 @@ impl CsvSink {
 /// Writes `rows` as one CSV file with a header and syncs it to disk.
 fn write_csv(path: &Path, rows: &[RecordBatch]) -> Result<(), CsvError> {
     let file = File::create(path).map_err(|e| err(path, e))?;
-    let rows = rows
-        .iter()
-        .map(csv_time::timestamps_as_text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(path, e))?;
-    let file = csv_rows::write_rows(file, &rows).map_err(|e| err(path, e))?;
+    let file = csv_rows::write_rows(file, rows).map_err(|e| err(path, e))?;
     file.sync_all().map_err(|e| err(path, e))
 }
 

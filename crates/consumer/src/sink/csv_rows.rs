@@ -1,39 +1,110 @@
 //! CSV rows of Arrow batches, byte for byte what arrow-csv writes, at less cost per value.
 //!
 //! arrow-csv formats every value through arrow's `ArrayFormatter` into a `String`
-//! (one `fmt::write` per value) and then hands the row to the `csv` crate. In the
-//! profile of issue 14 that formatting was a third of writing a part file, inside
-//! the batch's transaction. Here text and integer columns, nearly all a part file
-//! holds, go to the same `csv` writer with the same settings as they are; every
-//! other type goes through arrow's formatter with arrow-csv's options. The quoting
-//! is the `csv` crate's in both, so the bytes do not change (a test compares them).
+//! (one `fmt::write` per value), hands the row to the `csv` crate as a record, which
+//! copies it into its buffer. In the profile of issue 14 that was a part file's
+//! whole cost, inside the batch's transaction. Here text, integer and UTC or naive
+//! timestamp columns, nearly all a part file holds, are written straight into the
+//! output buffer; every other type goes through arrow's formatter with arrow-csv's
+//! options. Quoting follows the `csv` crate with arrow-csv's settings (quote only
+//! where needed, quotes doubled, `\n` ends a row), so the bytes do not change: a
+//! test compares them with arrow-csv's.
 
 use std::io::Write;
 
-use csv::{ByteRecord, Terminator, WriterBuilder};
 use datafusion::arrow::array::{
-    Array, AsArray, Int32Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+    Array, AsArray, GenericStringArray, Int32Array, Int64Array, OffsetSizeTrait, StringViewArray,
 };
 use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use super::csv_time;
+use super::csv_time::{self, Timestamps};
+
+/// How much is buffered before it goes to the file.
+const FLUSH_AT: usize = 1 << 20;
+
+/// The bytes that make a field quoted: the delimiter, the quote, and both line
+/// ends (the `csv` crate quotes `\r` too, as its reader ends a row there).
+const NEEDS_QUOTES: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
+/// Whether the word holds the byte `b` (the exact "has a zero byte" test on the
+/// word xor `b` in every byte).
+const fn holds(word: u64, b: u8) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = word ^ (ONES * b as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// Whether a field holds a byte of [`NEEDS_QUOTES`]: eight bytes at a time, as
+/// the `csv` crate also unrolls its test (a field is a few dozen bytes).
+fn needs_quotes(field: &[u8]) -> bool {
+    let mut words = field.chunks_exact(8);
+    for w in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(w);
+        let w = u64::from_ne_bytes(bytes);
+        if holds(w, b',') || holds(w, b'"') || holds(w, b'\n') || holds(w, b'\r') {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|b| NEEDS_QUOTES[usize::from(*b)])
+}
+
+/// Appends one field, quoted when it holds a byte of [`NEEDS_QUOTES`].
+fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    if !needs_quotes(field) {
+        out.extend_from_slice(field);
+        return;
+    }
+    out.push(b'"');
+    for piece in field.split_inclusive(|b| *b == b'"') {
+        out.extend_from_slice(piece);
+        if piece.ends_with(b"\"") {
+            out.push(b'"');
+        }
+    }
+    out.push(b'"');
+}
+
+/// Ends a row that began at `start`: a row with no bytes at all (one empty field)
+/// is written `""`, as the `csv` crate does, so that it is not an empty line.
+fn end_row(out: &mut Vec<u8>, start: usize) {
+    if out.len() == start {
+        out.extend_from_slice(b"\"\"");
+    }
+    out.push(b'\n');
+}
 
 /// One column of a batch, read the cheapest way its type allows.
 enum Values<'a> {
-    Text(&'a StringArray),
-    LargeText(&'a LargeStringArray),
+    Text(&'a GenericStringArray<i32>),
+    LargeText(&'a GenericStringArray<i64>),
     TextView(&'a StringViewArray),
     Int32(&'a Int32Array),
     Int64(&'a Int64Array),
+    Timestamp(Timestamps<'a>),
     /// Any other type: arrow's formatter, as arrow-csv uses it.
     Formatted(ArrayFormatter<'a>),
 }
 
 impl<'a> Values<'a> {
     fn of(array: &'a dyn Array, options: &FormatOptions<'a>) -> Result<Self, ArrowError> {
+        if let Some(t) = Timestamps::of(array) {
+            return Ok(Values::Timestamp(t));
+        }
         Ok(match array.data_type() {
             DataType::Utf8 => Values::Text(array.as_string::<i32>()),
             DataType::LargeUtf8 => Values::LargeText(array.as_string::<i64>()),
@@ -49,45 +120,40 @@ impl<'a> Values<'a> {
         })
     }
 
-    /// Appends the value at `row` to `record` (a null as an empty field, as
-    /// arrow-csv's default null text is empty).
-    fn push(
+    /// Appends the value at `row` to `out` (a null as an empty field, as
+    /// arrow-csv's default null text is empty). Numbers and timestamps never
+    /// need quotes.
+    fn put(
         &self,
         row: usize,
-        record: &mut ByteRecord,
+        out: &mut Vec<u8>,
         text: &mut String,
         digits: &mut itoa::Buffer,
     ) -> Result<(), ArrowError> {
         match self {
-            Values::Text(a) => record.push_field(text_at(*a, row)),
-            Values::LargeText(a) => record.push_field(text_at(*a, row)),
-            Values::TextView(a) => record.push_field(if a.is_null(row) {
-                b""
-            } else {
-                a.value(row).as_bytes()
-            }),
-            Values::Int32(a) if a.is_null(row) => record.push_field(b""),
-            Values::Int32(a) => record.push_field(digits.format(a.value(row)).as_bytes()),
-            Values::Int64(a) if a.is_null(row) => record.push_field(b""),
-            Values::Int64(a) => record.push_field(digits.format(a.value(row)).as_bytes()),
+            Values::Text(a) => put_text(out, a, row),
+            Values::LargeText(a) => put_text(out, a, row),
+            Values::TextView(a) if a.is_null(row) => {}
+            Values::TextView(a) => put_field(out, a.value(row).as_bytes()),
+            Values::Int32(a) if a.is_null(row) => {}
+            Values::Int32(a) => out.extend_from_slice(digits.format(a.value(row)).as_bytes()),
+            Values::Int64(a) if a.is_null(row) => {}
+            Values::Int64(a) => out.extend_from_slice(digits.format(a.value(row)).as_bytes()),
+            Values::Timestamp(t) if t.is_null(row) => {}
+            Values::Timestamp(t) => t.write(row, out)?,
             Values::Formatted(f) => {
                 text.clear();
                 f.value(row).write(text)?;
-                record.push_field(text.as_bytes());
+                put_field(out, text.as_bytes());
             }
         }
         Ok(())
     }
 }
 
-fn text_at<O: datafusion::arrow::array::OffsetSizeTrait>(
-    a: &datafusion::arrow::array::GenericStringArray<O>,
-    row: usize,
-) -> &[u8] {
-    if a.is_null(row) {
-        b""
-    } else {
-        a.value(row).as_bytes()
+fn put_text<O: OffsetSizeTrait>(out: &mut Vec<u8>, a: &GenericStringArray<O>, row: usize) {
+    if !a.is_null(row) {
+        put_field(out, a.value(row).as_bytes());
     }
 }
 
@@ -99,54 +165,59 @@ fn format_options() -> FormatOptions<'static> {
         .with_timestamp_format(Some(csv_time::NAIVE_FORMAT))
 }
 
-fn csv_error(e: csv::Error) -> ArrowError {
-    if e.is_io_error() {
-        ArrowError::IoError(e.to_string(), e.into())
-    } else {
-        ArrowError::CsvError(e.to_string())
-    }
+fn io_error(e: std::io::Error) -> ArrowError {
+    ArrowError::IoError(e.to_string(), e)
 }
 
 /// Writes `rows` as CSV with a header line (the first batch's column names, as
 /// arrow-csv writes it) to `out`, and hands `out` back flushed.
-pub fn write_rows<W: Write>(out: W, rows: &[RecordBatch]) -> Result<W, ArrowError> {
-    // arrow-csv's settings of the `csv` writer (its defaults, spelled out).
-    let mut writer = WriterBuilder::new()
-        .delimiter(b',')
-        .quote(b'"')
-        .quote_style(csv::QuoteStyle::Necessary)
-        .double_quote(true)
-        .escape(b'\\')
-        .terminator(Terminator::Any(b'\n'))
-        .buffer_capacity(1 << 20)
-        .from_writer(out);
-    if let Some(first) = rows.first() {
-        let schema = first.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        writer.write_record(&names).map_err(csv_error)?;
+pub fn write_rows<W: Write>(mut out: W, rows: &[RecordBatch]) -> Result<W, ArrowError> {
+    let mut buf = Vec::with_capacity(FLUSH_AT + (64 << 10));
+    let Some(first) = rows.first() else {
+        return Ok(out);
+    };
+    let width = first.num_columns();
+    for (i, field) in first.schema().fields().iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        put_field(&mut buf, field.name().as_bytes());
     }
+    end_row(&mut buf, 0);
     let options = format_options();
-    let mut record = ByteRecord::new();
     let mut text = String::with_capacity(64);
     let mut digits = itoa::Buffer::new();
     for batch in rows {
+        if batch.num_columns() != width {
+            // The `csv` crate's check: every row as wide as the first.
+            return Err(ArrowError::CsvError(format!(
+                "a batch of {} columns after a header of {width}",
+                batch.num_columns()
+            )));
+        }
         let columns = batch
             .columns()
             .iter()
             .map(|a| Values::of(a.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
-            record.clear();
-            for values in &columns {
-                values.push(row, &mut record, &mut text, &mut digits)?;
+            let start = buf.len();
+            for (i, values) in columns.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                values.put(row, &mut buf, &mut text, &mut digits)?;
             }
-            writer.write_byte_record(&record).map_err(csv_error)?;
+            end_row(&mut buf, start);
+            if buf.len() >= FLUSH_AT {
+                out.write_all(&buf).map_err(io_error)?;
+                buf.clear();
+            }
         }
     }
-    writer.into_inner().map_err(|e| {
-        let e = e.into_error();
-        ArrowError::IoError(e.to_string(), e)
-    })
+    out.write_all(&buf).map_err(io_error)?;
+    out.flush().map_err(io_error)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -154,8 +225,9 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{
-        ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int16Array, ListArray,
-        TimestampMillisecondArray, TimestampNanosecondArray, UInt64Array,
+        ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int16Array,
+        LargeStringArray, ListArray, StringArray, TimestampMillisecondArray,
+        TimestampNanosecondArray, UInt64Array,
     };
     use datafusion::arrow::datatypes::{Field, Schema};
     use rand::rngs::StdRng;
@@ -278,6 +350,25 @@ mod tests {
             ),
         ];
         RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn a_field_is_quoted_for_exactly_the_bytes_the_csv_crate_quotes_for() {
+        // Every byte value, at every place of a word and of the remainder.
+        for len in [1, 7, 8, 9, 16, 23] {
+            for at in 0..len {
+                for b in 0..=u8::MAX {
+                    let mut field = vec![b'a'; len];
+                    field[at] = b;
+                    assert_eq!(
+                        needs_quotes(&field),
+                        NEEDS_QUOTES[usize::from(b)],
+                        "byte {b} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!needs_quotes(b""));
     }
 
     #[test]

@@ -3,111 +3,87 @@
 //! arrow-csv formats a timestamp by handing chrono a format string, which chrono
 //! parses again for every value: in the profile of issue 14 that was a tenth of the
 //! consumer's CPU. The part files' format is fixed (`2024-01-31T12:34:56.789+00:00`,
-//! or without the offset for a timestamp without a time zone), so UTC and naive
-//! timestamp columns are turned into text here, digit by digit, before the CSV
-//! writer sees them; any other time zone, and a year outside 0000-9999, goes through
-//! chrono with the same format, so the bytes written do not change.
+//! or without the offset for a timestamp without a time zone), so the values of UTC
+//! and naive timestamp columns are spelled here, digit by digit, straight into the
+//! row being written; any other time zone goes through arrow's formatter (chrono)
+//! with the same format, and so does a year outside 0000-9999 here, so the bytes
+//! written do not change.
 
-use std::fmt::Write;
-use std::sync::Arc;
+use std::io::Write;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Field, Schema, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    DataType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::record_batch::RecordBatch;
 
 /// The part files' format of a timestamp with a time zone (arrow-csv's, by chrono).
 pub const TZ_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%:z";
 /// ... and without one.
 pub const NAIVE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f";
 
-/// The batch with its UTC and naive timestamp columns as text in the part files'
-/// format; other columns as they are.
-pub fn timestamps_as_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let schema = batch.schema();
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| formatted_here(f.data_type()))
-    {
-        return Ok(batch.clone());
-    }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        match field.data_type() {
-            DataType::Timestamp(unit, tz) if formatted_here(field.data_type()) => {
-                fields.push(Field::new(
-                    field.name(),
-                    DataType::Utf8,
-                    field.is_nullable(),
-                ));
-                columns.push(as_text(column, *unit, tz.is_some())?);
-            }
-            _ => {
-                fields.push(field.as_ref().clone());
-                columns.push(column.clone());
-            }
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+/// A timestamp column this module spells: no time zone, or UTC.
+pub struct Timestamps<'a> {
+    column: &'a dyn Array,
+    values: &'a [i64],
+    unit: TimeUnit,
+    with_offset: bool,
 }
 
-/// A timestamp type whose values this module formats: no time zone, or UTC.
-fn formatted_here(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Timestamp(_, None) => true,
-        DataType::Timestamp(_, Some(tz)) => matches!(&**tz, "UTC" | "+00:00" | "Z"),
-        _ => false,
+impl<'a> Timestamps<'a> {
+    /// The column, when its type is one spelled here.
+    pub fn of(column: &'a dyn Array) -> Option<Self> {
+        let DataType::Timestamp(unit, tz) = column.data_type() else {
+            return None;
+        };
+        if tz
+            .as_deref()
+            .is_some_and(|tz| !matches!(tz, "UTC" | "+00:00" | "Z"))
+        {
+            return None;
+        }
+        let values: &[i64] = match unit {
+            TimeUnit::Second => column.as_primitive::<TimestampSecondType>().values(),
+            TimeUnit::Millisecond => column.as_primitive::<TimestampMillisecondType>().values(),
+            TimeUnit::Microsecond => column.as_primitive::<TimestampMicrosecondType>().values(),
+            TimeUnit::Nanosecond => column.as_primitive::<TimestampNanosecondType>().values(),
+        };
+        Some(Self {
+            column,
+            values,
+            unit: *unit,
+            with_offset: tz.is_some(),
+        })
     }
-}
 
-/// A timestamp column as text: (milliseconds since the epoch, the sub-millisecond
-/// part dropped as `%.3f` does).
-fn as_text(column: &ArrayRef, unit: TimeUnit, with_offset: bool) -> Result<ArrayRef, ArrowError> {
-    let millis = |i: usize| -> i64 {
-        match unit {
-            TimeUnit::Second => column
-                .as_primitive::<TimestampSecondType>()
-                .value(i)
-                .saturating_mul(1000),
-            TimeUnit::Millisecond => column.as_primitive::<TimestampMillisecondType>().value(i),
-            TimeUnit::Microsecond => column
-                .as_primitive::<TimestampMicrosecondType>()
-                .value(i)
-                .div_euclid(1000),
-            TimeUnit::Nanosecond => column
-                .as_primitive::<TimestampNanosecondType>()
-                .value(i)
-                .div_euclid(1_000_000),
-        }
-    };
-    let width = if with_offset { 29 } else { 23 };
-    let mut out = StringBuilder::with_capacity(column.len(), column.len() * width);
-    let mut text = String::with_capacity(32);
-    for i in 0..column.len() {
-        if column.is_null(i) {
-            out.append_null();
-            continue;
-        }
-        text.clear();
-        let at = millis(i);
-        if !format_millis(&mut text, at, with_offset) {
-            return Err(ArrowError::CastError(format!(
+    pub fn is_null(&self, row: usize) -> bool {
+        self.column.is_null(row)
+    }
+
+    /// Appends the value at `row` (not null) in the part files' format.
+    pub fn write(&self, row: usize, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+        let v = self.values[row];
+        // Milliseconds, the sub-millisecond part dropped as `%.3f` does.
+        let at = match self.unit {
+            TimeUnit::Second => v.saturating_mul(1000),
+            TimeUnit::Millisecond => v,
+            TimeUnit::Microsecond => v.div_euclid(1000),
+            TimeUnit::Nanosecond => v.div_euclid(1_000_000),
+        };
+        if format_millis(out, at, self.with_offset) {
+            Ok(())
+        } else {
+            Err(ArrowError::CastError(format!(
                 "timestamp {at} ms since the epoch has no date to write in a part file"
-            )));
+            )))
         }
-        out.append_value(&text);
     }
-    Ok(Arc::new(out.finish()))
 }
 
 /// Appends `millis` (since the epoch, UTC) in the part files' format; false when
 /// no date can spell it (arrow-csv then failed the file too).
-pub fn format_millis(out: &mut String, millis: i64, with_offset: bool) -> bool {
+pub fn format_millis(out: &mut Vec<u8>, millis: i64, with_offset: bool) -> bool {
     let days = millis.div_euclid(86_400_000);
     let in_day = millis.rem_euclid(86_400_000);
     let (year, month, day) = civil_from_days(days);
@@ -151,10 +127,9 @@ pub fn format_millis(out: &mut String, millis: i64, with_offset: bool) -> bool {
     ] {
         digits[at] = sep;
     }
-    // Only ASCII digits and separators were written.
-    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    out.extend_from_slice(&digits);
     if with_offset {
-        out.push_str("+00:00");
+        out.extend_from_slice(b"+00:00");
     }
     true
 }
@@ -176,7 +151,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray, TimestampSecondArray};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -211,37 +186,39 @@ mod tests {
         );
         for millis in values {
             for with_offset in [true, false] {
-                let mut ours = String::new();
+                let mut ours = Vec::new();
                 assert!(format_millis(&mut ours, millis, with_offset));
-                assert_eq!(ours, chrono_text(millis, with_offset), "{millis}");
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    chrono_text(millis, with_offset),
+                    "{millis}"
+                );
             }
         }
     }
 
     #[test]
-    fn utc_columns_become_text_and_others_stay() {
+    fn utc_and_naive_columns_are_spelled_here_and_others_left_to_chrono() {
         let utc =
             TimestampMicrosecondArray::from(vec![Some(1_500), None, Some(-1)]).with_timezone("UTC");
-        let paris = TimestampMicrosecondArray::from(vec![Some(0), None, Some(0)])
-            .with_timezone("Europe/Paris");
-        let batch = RecordBatch::try_from_iter([
-            ("t", Arc::new(utc) as ArrayRef),
-            ("p", Arc::new(paris) as ArrayRef),
-        ])
-        .unwrap();
-        let out = timestamps_as_text(&batch).unwrap();
-        let t = out
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!(t.value(0), "1970-01-01T00:00:00.001+00:00");
+        let t = Timestamps::of(&utc).unwrap();
+        let spelled = |row| {
+            let mut out = Vec::new();
+            t.write(row, &mut out)
+                .map(|()| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(spelled(0).unwrap(), "1970-01-01T00:00:00.001+00:00");
         assert!(t.is_null(1));
-        assert_eq!(t.value(2), "1969-12-31T23:59:59.999+00:00");
-        assert_eq!(out.column(1).data_type(), batch.column(1).data_type());
+        assert_eq!(spelled(2).unwrap(), "1969-12-31T23:59:59.999+00:00");
+        let naive = TimestampSecondArray::from(vec![86_400]);
+        let mut out = Vec::new();
+        Timestamps::of(&naive).unwrap().write(0, &mut out).unwrap();
+        assert_eq!(out, b"1970-01-02T00:00:00.000");
+        let paris = TimestampMicrosecondArray::from(vec![Some(0)]).with_timezone("Europe/Paris");
+        assert!(Timestamps::of(&paris).is_none());
+        assert!(Timestamps::of(&Int64Array::from(vec![0])).is_none());
         // Beyond any date chrono can spell: an error, never an empty field.
         let far = TimestampMicrosecondArray::from(vec![Some(i64::MAX)]).with_timezone("UTC");
-        let batch = RecordBatch::try_from_iter([("t", Arc::new(far) as ArrayRef)]).unwrap();
-        assert!(timestamps_as_text(&batch).is_err());
+        assert!(Timestamps::of(&far).unwrap().write(0, &mut out).is_err());
     }
 }
