@@ -52,9 +52,9 @@ impl Backpressure {
             .map(|since| since + self.hold)
     }
 
-    /// The next batch is full, seen at `now`.
-    pub fn on_full(&mut self, now: Instant) {
-        if self.full_since.is_none() {
+    /// A record was taken; `full` says whether the next batch is now full.
+    pub fn on_taken(&mut self, full: bool, now: Instant) {
+        if full && self.full_since.is_none() {
             self.full_since = Some(now);
         }
     }
@@ -72,16 +72,6 @@ impl Backpressure {
     }
 }
 
-/// Sleeps until `at` (the time to pause); never ends when `at` is `None`. A
-/// future, so that nothing is read or armed until it is polled: `select!` makes
-/// a branch's future on every turn, even when the branch is disabled.
-pub async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,11 +82,13 @@ mod tests {
         let mut b = Backpressure::new(HOLD_BEFORE_PAUSE);
         assert!(b.should_poll());
         assert_eq!(b.pause_at(), None);
-        b.on_full(t0);
+        b.on_taken(false, t0);
+        assert!(b.should_poll());
+        b.on_taken(true, t0);
         assert!(!b.should_poll(), "holding: librdkafka's queue buffers");
         assert_eq!(b.pause_at(), Some(t0 + HOLD_BEFORE_PAUSE));
         // A later record does not move the hold's start.
-        b.on_full(t0 + Duration::from_secs(1));
+        b.on_taken(true, t0 + Duration::from_secs(1));
         assert_eq!(b.pause_at(), Some(t0 + HOLD_BEFORE_PAUSE));
         b.on_pause_tried();
         assert!(
@@ -110,11 +102,11 @@ mod tests {
     fn a_rebalance_starts_the_hold_afresh() {
         let t0 = Instant::now();
         let mut b = Backpressure::new(Duration::from_millis(10));
-        b.on_full(t0);
+        b.on_taken(true, t0);
         b.on_pause_tried();
         b.on_rebalance();
         assert!(b.should_poll());
-        b.on_full(t0 + Duration::from_secs(5));
+        b.on_taken(true, t0 + Duration::from_secs(5));
         assert_eq!(
             b.pause_at(),
             Some(t0 + Duration::from_secs(5) + Duration::from_millis(10))

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -26,7 +25,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::backpressure::{self, Backpressure, HOLD_BEFORE_PAUSE};
+use crate::backpressure::{Backpressure, HOLD_BEFORE_PAUSE};
 use crate::batch::{Collecting, Prepared, Preparing};
 use crate::commit::{self, Committed, Committer, Outcome};
 use crate::config::Config;
@@ -50,9 +49,6 @@ const AVAILABLE_NOW_RECHECK: Duration = Duration::from_millis(100);
 /// How long `--available-now` waits for a partition when the group assigned it none
 /// (other members hold them all) before it gives up, in `--connect-timeout`s.
 const NO_ASSIGNMENT_WAIT: u32 = 3;
-/// At most this many messages are taken from librdkafka's queue in one turn of
-/// the loop (about a quarter of a millisecond at full speed).
-const BURST: usize = 256;
 
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -285,10 +281,7 @@ impl LoopState<'_> {
                     if records > 0 || self.config.available_now => {}
                 // Before `recv`: a steady stream must not starve the refresh.
                 _ = tick.tick() => self.observe(),
-                m = self.consumer.recv() => {
-                    self.take(&mut batch, m)?;
-                    self.take_ready(&mut batch)?;
-                }
+                m = self.consumer.recv() => self.take(&mut batch, m)?,
             }
         }
     }
@@ -318,28 +311,6 @@ impl LoopState<'_> {
             warn!(message = "Cannot resume the new assignment.", error = %e);
         }
         true
-    }
-
-    /// Takes the messages librdkafka already holds, up to [`BURST`], without going
-    /// round the loop for each: its checks, timer and wakers cost more than a
-    /// message's decoding at full speed. Stops at a full batch, at a rebalance, and
-    /// when the loop has a log check to make.
-    fn take_ready(&mut self, batch: &mut Collecting) -> Result<(), Error> {
-        let generation = self.partitions.generation();
-        for _ in 0..BURST {
-            if batch.full(self.config)
-                || self.check_log.is_some()
-                || self.partitions.generation() != generation
-            {
-                break;
-            }
-            // `recv` asks librdkafka's queue first: ready at once when it holds a message.
-            let Some(m) = self.consumer.recv().now_or_never() else {
-                break;
-            };
-            self.take(batch, m)?;
-        }
-        Ok(())
     }
 
     /// Takes one polled message (or event) into `batch`.
@@ -535,7 +506,8 @@ impl LoopState<'_> {
                 tokio::select! {
                     biased;
                     outcome = &mut committing => break outcome,
-                    () = backpressure::until(pause_at), if pause_at.is_some() => {
+                    () = tokio::time::sleep_until(pause_at.unwrap_or_else(Instant::now).into()),
+                        if pause_at.is_some() => {
                         paused = self.pause();
                         pressure.on_pause_tried();
                     }
@@ -543,16 +515,13 @@ impl LoopState<'_> {
                     m = self.consumer.recv(), if pressure.should_poll() => {
                         let seen = self.partitions.generation();
                         self.take(&mut next, m)?;
-                        self.take_ready(&mut next)?;
                         if self.partitions.generation() != seen {
                             // `next` was reset and the new assignment is not paused.
                             paused = None;
                             pressure.on_rebalance();
                         }
                         let full = next.full(self.config);
-                        if full {
-                            pressure.on_full(Instant::now());
-                        }
+                        pressure.on_taken(full, Instant::now());
                         if full && self.preparing.is_none() {
                             // Polling holds (then pauses) as before: nothing more is
                             // collected until this commit ends.
