@@ -27,12 +27,16 @@ const FLUSH_AT: usize = 1 << 20;
 
 /// The bytes that make a field quoted: the delimiter, the quote, and both line
 /// ends (the `csv` crate quotes `\r` too, as its reader ends a row there).
+const QUOTED: [u8; 4] = [b',', b'"', b'\n', b'\r'];
+
+/// [`QUOTED`] as a table, for the bytes that do not fill a word.
 const NEEDS_QUOTES: [bool; 256] = {
     let mut t = [false; 256];
-    t[b',' as usize] = true;
-    t[b'"' as usize] = true;
-    t[b'\r' as usize] = true;
-    t[b'\n' as usize] = true;
+    let mut i = 0;
+    while i < QUOTED.len() {
+        t[QUOTED[i] as usize] = true;
+        i += 1;
+    }
     t
 };
 
@@ -53,7 +57,7 @@ fn needs_quotes(field: &[u8]) -> bool {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(w);
         let w = u64::from_ne_bytes(bytes);
-        if holds(w, b',') || holds(w, b'"') || holds(w, b'\n') || holds(w, b'\r') {
+        if QUOTED.iter().any(|b| holds(w, *b)) {
             return true;
         }
     }
@@ -172,10 +176,10 @@ fn io_error(e: std::io::Error) -> ArrowError {
 /// Writes `rows` as CSV with a header line (the first batch's column names, as
 /// arrow-csv writes it) to `out`, and hands `out` back flushed.
 pub fn write_rows<W: Write>(mut out: W, rows: &[RecordBatch]) -> Result<W, ArrowError> {
-    let mut buf = Vec::with_capacity(FLUSH_AT + (64 << 10));
     let Some(first) = rows.first() else {
         return Ok(out);
     };
+    let mut buf = Vec::with_capacity(FLUSH_AT + (64 << 10));
     let width = first.num_columns();
     for (i, field) in first.schema().fields().iter().enumerate() {
         if i > 0 {
