@@ -14,6 +14,7 @@ pub mod csv;
 pub mod csv_rows;
 pub mod csv_time;
 pub mod pg_error;
+pub mod pg_openssl;
 pub mod pg_tls;
 pub mod postgres;
 pub mod table;

@@ -22,8 +22,8 @@
 //!
 //! Where this differs from libpq (documented in the README): `verify-ca` and
 //! `verify-full` without any root certificate file use the system's store (libpq
-//! refuses); `sslkey` must be a PKCS#8 PEM key (`BEGIN PRIVATE KEY`; convert a PKCS#1
-//! one with `openssl pkcs8 -topk8 -nocrypt`); there is no default client certificate
+//! refuses); `sslkey` must be an unencrypted PEM key (PKCS#8 or the traditional
+//! form); there is no default client certificate
 //! (`~/.postgresql/postgresql.crt`); the `PGSSL*` environment variables are not read;
 //! `sslmode=allow` is refused.
 
@@ -31,8 +31,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use postgres_native_tls::MakeTlsConnector;
 use tokio_postgres::config::SslMode as DriverMode;
+
+use super::pg_openssl::{MakeTls, Trust};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,13 +270,13 @@ impl TlsSettings {
     /// The TLS connector, or `None` with `sslmode=disable`. Fails with a one-line
     /// reason naming the file that cannot be read.
     ///
-    /// Built once per process for the same settings: building one loads the trust
-    /// store (every certificate of the system's bundle parsed), a tenth of the
-    /// consumer's CPU over a 200,000-record run when each of its connections (the
-    /// sink, the offset oracle, the readiness probe) built its own.
-    pub fn connector(&self) -> Result<Option<MakeTlsConnector>, String> {
+    /// Built once per process for the same settings: one that checks the chain
+    /// against the system's trust store parses its every certificate, and each of
+    /// the consumer's connections (the sink, the offset oracle, the readiness probe)
+    /// would otherwise build its own.
+    pub fn connector(&self) -> Result<Option<MakeTls>, String> {
         // The home directory decides whether ~/.postgresql/root.crt is read.
-        type Built = HashMap<(TlsSettings, Option<PathBuf>), MakeTlsConnector>;
+        type Built = HashMap<(TlsSettings, Option<PathBuf>), MakeTls>;
         static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
         if self.mode == SslMode::Disable {
             return Ok(None);
@@ -292,43 +293,33 @@ impl TlsSettings {
         Ok(Some(connector))
     }
 
-    fn build_connector(&self, home: Option<&Path>) -> Result<MakeTlsConnector, String> {
+    fn build_connector(&self, home: Option<&Path>) -> Result<MakeTls, String> {
         let roots = self.roots(home);
         let (chain, host) = self.checks(&roots);
-        let mut builder = native_tls::TlsConnector::builder();
-        builder
-            .danger_accept_invalid_certs(!chain)
-            .danger_accept_invalid_hostnames(!host)
+        let trust = match (chain, &roots) {
             // Roots that check nothing are not worth loading the system's bundle for.
-            .disable_built_in_roots(!chain);
-        if let (true, Roots::File(file)) = (chain, &roots) {
-            let pem = read(file, "sslrootcert")?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-                format!("sslrootcert={}: not PEM certificates: {e}", file.display())
-            })?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "sslrootcert={}: no certificate in it",
-                    file.display()
-                ));
+            (false, _) => Trust::Nothing,
+            (true, Roots::System) => Trust::System,
+            (true, Roots::File(file)) => {
+                let pem = read(file, "sslrootcert")?;
+                let certificates = openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
+                    format!("sslrootcert={}: not PEM certificates: {e}", file.display())
+                })?;
+                if certificates.is_empty() {
+                    return Err(format!(
+                        "sslrootcert={}: no certificate in it",
+                        file.display()
+                    ));
+                }
+                Trust::Certificates(certificates)
             }
-            builder.disable_built_in_roots(true);
-            for cert in certs {
-                builder.add_root_certificate(cert);
-            }
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            let identity =
-                native_tls::Identity::from_pkcs8(&read(cert, "sslcert")?, &read(key, "sslkey")?)
-                    .map_err(|e| {
-                        format!("sslcert/sslkey: not a PEM certificate and PKCS#8 key: {e}")
-                    })?;
-            builder.identity(identity);
-        }
-        let connector = builder
-            .build()
-            .map_err(|e| format!("TLS set-up failed: {e}"))?;
-        Ok(MakeTlsConnector::new(connector))
+        };
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert, "sslcert")?, read(key, "sslkey")?)),
+            _ => None,
+        };
+        let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+        MakeTls::new(trust, host, identity)
     }
 
     /// A failed handshake in words a user can act on: which check refused the
@@ -371,7 +362,7 @@ impl TlsSettings {
 pub struct Endpoint {
     pub config: tokio_postgres::Config,
     pub tls: TlsSettings,
-    connector: Option<MakeTlsConnector>,
+    connector: Option<MakeTls>,
 }
 
 impl Endpoint {
