@@ -100,10 +100,10 @@ impl MakeTls {
             // asking for its passphrase on the terminal.
             let key = PKey::private_key_from_pem_passphrase(key, b"").map_err(bad)?;
             builder.set_certificate(&leaf).map_err(bad)?;
-            builder.set_private_key(&key).map_err(bad)?;
-            builder
-                .check_private_key()
-                .map_err(|e| format!("sslkey is not the key of sslcert: {e}"))?;
+            // OpenSSL refuses a key that is not the certificate's already here.
+            let mismatch = |e: ErrorStack| format!("sslkey is not the key of sslcert: {e}");
+            builder.set_private_key(&key).map_err(mismatch)?;
+            builder.check_private_key().map_err(mismatch)?;
             for certificate in chain {
                 builder.add_extra_chain_cert(certificate).map_err(bad)?;
             }
