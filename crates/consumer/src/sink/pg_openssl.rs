@@ -41,6 +41,18 @@ pub enum Trust {
     Certificates(Vec<X509>),
 }
 
+impl Trust {
+    /// The certificates of a PEM file (one or more).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let certificates =
+            X509::stack_from_pem(pem).map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certificates.is_empty() {
+            return Err("no certificate in it".into());
+        }
+        Ok(Trust::Certificates(certificates))
+    }
+}
+
 /// The ciphers `SslConnector` allows (those of postgres-openssl and native-tls).
 const CIPHERS: &str = "DEFAULT:!aNULL:!eNULL:!MD5:!3DES:!DES:!RC4:!IDEA:!SEED:!aDSS:!SRP:!PSK";
 

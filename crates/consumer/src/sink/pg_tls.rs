@@ -300,26 +300,18 @@ impl TlsSettings {
             // Roots that check nothing are not worth loading the system's bundle for.
             (false, _) => Trust::Nothing,
             (true, Roots::System) => Trust::System,
-            (true, Roots::File(file)) => {
-                let pem = read(file, "sslrootcert")?;
-                let certificates = openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
-                    format!("sslrootcert={}: not PEM certificates: {e}", file.display())
-                })?;
-                if certificates.is_empty() {
-                    return Err(format!(
-                        "sslrootcert={}: no certificate in it",
-                        file.display()
-                    ));
-                }
-                Trust::Certificates(certificates)
-            }
+            (true, Roots::File(file)) => Trust::from_pem(&read(file, "sslrootcert")?)
+                .map_err(|e| format!("sslrootcert={}: {e}", file.display()))?,
         };
         let identity = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some((read(cert, "sslcert")?, read(key, "sslkey")?)),
             _ => None,
         };
-        let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
-        MakeTls::new(trust, host, identity)
+        MakeTls::new(
+            trust,
+            host,
+            identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
+        )
     }
 
     /// A failed handshake in words a user can act on: which check refused the
