@@ -182,6 +182,15 @@ impl Partitions {
             return false;
         }
         self.owned.iter_mut().all(|(partition, p)| {
+            // Short of a target already known, with no end of partition since: not
+            // done, whatever the log says now. The loop asks after every burst of
+            // records, and asking librdkafka for the watermarks takes its locks.
+            if let (false, Some(target), Some(position)) =
+                (p.at_end, p.target, p.taken.or(p.stored))
+                && position < target
+            {
+                return false;
+            }
             let Some((low, high)) = watermarks(*partition) else {
                 return false;
             };
@@ -280,6 +289,30 @@ mod tests {
         p.on_end(1);
         // The target stays the first watermark seen, even as the log grows.
         assert!(p.all_done(|_| Some((0, 50))));
+    }
+
+    #[test]
+    fn a_partition_short_of_its_known_target_is_not_done_without_asking_the_log() {
+        let mut p = assigned(&[(0, Some(10))]);
+        assert!(!p.all_done(|_| Some((0, 20))), "target 20 learnt");
+        p.on_taken(0, 15);
+        let mut asked = 0;
+        assert!(!p.all_done(|_| {
+            asked += 1;
+            Some((0, 20))
+        }));
+        assert_eq!(asked, 0, "short of the known target: the log is not asked");
+        p.on_end(0);
+        assert!(p.all_done(|_| {
+            asked += 1;
+            Some((0, 20))
+        }));
+        assert_eq!(asked, 1, "an end of partition is checked against the log");
+        p.on_taken(0, 25);
+        assert!(
+            !p.all_done(|_| Some((0, 20))),
+            "past the log's end: a fault"
+        );
     }
 
     #[test]
