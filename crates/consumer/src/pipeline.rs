@@ -14,8 +14,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer, MessageStream};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -49,6 +50,13 @@ const AVAILABLE_NOW_RECHECK: Duration = Duration::from_millis(100);
 /// How long `--available-now` waits for a partition when the group assigned it none
 /// (other members hold them all) before it gives up, in `--connect-timeout`s.
 const NO_ASSIGNMENT_WAIT: u32 = 3;
+
+/// At most this many messages that librdkafka already holds are taken in one turn
+/// of the loop (about a millisecond's worth at full speed).
+const BURST: usize = 1024;
+
+/// What one poll of librdkafka's queue gives: a message, or an event as an error.
+type Polled<'a> = Result<BorrowedMessage<'a>, KafkaError>;
 
 /// What a run did, for the final log line and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,6 +142,7 @@ async fn run_until(config: Config, stop: CancellationToken) -> Result<RunSummary
     let mut state = LoopState {
         config: &config,
         consumer: &consumer,
+        messages: consumer.stream(),
         partitions: Partitions::default(),
         outputs: checked.outputs.into(),
         preparing: None,
@@ -202,6 +211,9 @@ fn join_group(config: &Config, stop: &CancellationToken) -> Result<KafkaConsumer
 struct LoopState<'a> {
     config: &'a Config,
     consumer: &'a KafkaConsumer,
+    /// The consumer's messages, one stream for the whole run (each `recv` would
+    /// register and unregister a waker, under a lock, per message).
+    messages: MessageStream<'a, PipelineContext>,
     partitions: Partitions,
     /// What each batch is transformed into and written to.
     outputs: Arc<[Output]>,
@@ -217,7 +229,7 @@ struct LoopState<'a> {
     unassigned_since: Option<Instant>,
 }
 
-impl LoopState<'_> {
+impl<'a> LoopState<'a> {
     async fn run(
         &mut self,
         committer: &mut Committer,
@@ -281,7 +293,7 @@ impl LoopState<'_> {
                     if records > 0 || self.config.available_now => {}
                 // Before `recv`: a steady stream must not starve the refresh.
                 _ = tick.tick() => self.observe(),
-                m = self.consumer.recv() => self.take(&mut batch, m)?,
+                Some(m) = self.messages.next() => self.take_burst(&mut batch, m)?,
             }
         }
     }
@@ -313,12 +325,31 @@ impl LoopState<'_> {
         true
     }
 
+    /// Takes `first`, then the messages librdkafka already holds, up to [`BURST`],
+    /// without going round the loop for each: a turn's checks, timers and wakers
+    /// cost more than decoding a message. Stops at a full batch, at a rebalance,
+    /// when the loop has a log check to make, and when the queue is empty.
+    fn take_burst(&mut self, batch: &mut Collecting, first: Polled<'a>) -> Result<(), Error> {
+        let generation = self.partitions.generation();
+        self.take(batch, first)?;
+        for _ in 1..BURST {
+            if batch.full(self.config)
+                || self.check_log.is_some()
+                || self.partitions.generation() != generation
+            {
+                break;
+            }
+            // Ready at once when librdkafka's queue holds a message or an event.
+            match self.messages.next().now_or_never() {
+                Some(Some(m)) => self.take(batch, m)?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Takes one polled message (or event) into `batch`.
-    fn take(
-        &mut self,
-        batch: &mut Collecting,
-        message: Result<BorrowedMessage<'_>, KafkaError>,
-    ) -> Result<(), Error> {
+    fn take(&mut self, batch: &mut Collecting, message: Polled<'a>) -> Result<(), Error> {
         if self.sync_generation() {
             *batch = Collecting::new();
         }
@@ -512,9 +543,9 @@ impl LoopState<'_> {
                         pressure.on_pause_tried();
                     }
                     _ = tick.tick() => self.observe(),
-                    m = self.consumer.recv(), if pressure.should_poll() => {
+                    Some(m) = self.messages.next(), if pressure.should_poll() => {
                         let seen = self.partitions.generation();
-                        self.take(&mut next, m)?;
+                        self.take_burst(&mut next, m)?;
                         if self.partitions.generation() != seen {
                             // `next` was reset and the new assignment is not paused.
                             paused = None;
