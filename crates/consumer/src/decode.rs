@@ -20,6 +20,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::dead_letter::DeadLetter;
 
+mod plain;
+
 /// The schema of the `events` table the transform SQL reads: the event fields,
 /// the Kafka columns named as Spark's Kafka source names them, then the record's
 /// rank, `origin_partition` and `origin_offset` (its own position, or for a
@@ -181,10 +183,14 @@ impl BatchBuilder {
 pub type Values<'a> = [Option<Cow<'a, str>>; FIELDS.len()];
 
 /// Parses one payload leniently: a JSON number or boolean in a string field becomes
-/// its text, missing fields are null, unknown fields are ignored.
+/// its text, missing fields are null, unknown fields are ignored. The plain shape
+/// nearly every payload has is read by [`plain`] first, serde_json reads the rest.
 pub fn parse(payload: Option<&[u8]>) -> Result<Values<'_>, Reject> {
     let payload = payload.ok_or(Reject::Tombstone)?;
     let text = std::str::from_utf8(payload).map_err(|e| Reject::NotUtf8(e.to_string()))?;
+    if let Some(values) = plain::parse(text) {
+        return Ok(values);
+    }
     let trimmed = text.trim_start();
     match trimmed.as_bytes().first() {
         None => return Err(Reject::Empty),
@@ -203,6 +209,11 @@ pub fn parse(payload: Option<&[u8]>) -> Result<Values<'_>, Reject> {
         }
         Some(_) => {}
     }
+    parse_with_serde(text)
+}
+
+/// Reads a payload with serde_json: the rules and the reasons of dead letters.
+fn parse_with_serde(text: &str) -> Result<Values<'_>, Reject> {
     let mut de = serde_json::Deserializer::from_str(text);
     let values = de
         .deserialize_map(EventVisitor)
