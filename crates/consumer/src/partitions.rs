@@ -171,6 +171,16 @@ impl Partitions {
         }
     }
 
+    /// `--available-now`: a partition has been read up to the high watermark first
+    /// seen for it (a target known, and reached).
+    pub fn reached_target(&self, partition: i32) -> bool {
+        self.owned.get(&partition).is_some_and(|p| {
+            p.target
+                .zip(p.taken.or(p.stored))
+                .is_some_and(|(target, position)| position >= target)
+        })
+    }
+
     /// `--available-now`: every owned partition has been read up to the high
     /// watermark first seen for it. `watermarks` gives a partition's (low, high)
     /// as last seen in a fetch response; a partition without one is not done.
@@ -302,6 +312,10 @@ mod tests {
             Some((0, 20))
         }));
         assert_eq!(asked, 0, "short of the known target: the log is not asked");
+        assert!(!p.reached_target(0));
+        p.on_taken(0, 19);
+        assert!(p.reached_target(0), "20 is the target");
+        assert!(!p.reached_target(1), "not owned");
         p.on_end(0);
         assert!(p.all_done(|_| {
             asked += 1;

@@ -328,22 +328,27 @@ impl<'a> LoopState<'a> {
     /// Takes `first`, then the messages librdkafka already holds, up to [`BURST`],
     /// without going round the loop for each: a turn's checks, timers and wakers
     /// cost more than decoding a message. Stops at a full batch, at a rebalance,
-    /// when the loop has a log check to make, and when the queue is empty.
+    /// when the loop has a log check to make, when the queue is empty, and with
+    /// `--available-now` when a partition reaches its target (the loop decides
+    /// whether the run is done: records written after the start are not its own).
     fn take_burst(&mut self, batch: &mut Collecting, first: Polled<'a>) -> Result<(), Error> {
         let generation = self.partitions.generation();
-        self.take(batch, first)?;
-        for _ in 1..BURST {
-            if batch.full(self.config)
+        let mut next = Some(first);
+        for _ in 0..BURST {
+            let Some(m) = next.take() else { break };
+            let partition = m.as_ref().ok().map(Message::partition);
+            self.take(batch, m)?;
+            let reached = self.config.available_now
+                && partition.is_some_and(|p| self.partitions.reached_target(p));
+            if reached
+                || batch.full(self.config)
                 || self.check_log.is_some()
                 || self.partitions.generation() != generation
             {
                 break;
             }
             // Ready at once when librdkafka's queue holds a message or an event.
-            match self.messages.next().now_or_never() {
-                Some(Some(m)) => self.take(batch, m)?,
-                _ => break,
-            }
+            next = self.messages.next().now_or_never().flatten();
         }
         Ok(())
     }

@@ -367,6 +367,8 @@ mod tests {
             // A recursive query: planned per batch.
             "WITH RECURSIVE r(n, id) AS (SELECT 1, id FROM events UNION ALL \
              SELECT n + 1, id FROM r WHERE n < 2) SELECT id, n FROM r",
+            // The default query: a sort, a window and a join back to the batch.
+            DEFAULT_SQL,
         ];
         let first = [
             (1, r#"{"id":"a","first_name":"A","post_code":"5"}"#),
@@ -412,7 +414,9 @@ mod tests {
                 offset: i,
                 timestamp: None,
                 key: None,
-                rank: None,
+                // Replayed dead letters rank by their original position, which is not
+                // their own: here above every record of partition 0, below the others.
+                rank: (i % 5 == 0).then_some((0, 10_000 - i)),
             };
             b.push(&origin, Some(payload.as_bytes()));
         }
