@@ -333,24 +333,29 @@ impl<'a> LoopState<'a> {
     /// whether the run is done: records written after the start are not its own).
     fn take_burst(&mut self, batch: &mut Collecting, first: Polled<'a>) -> Result<(), Error> {
         let generation = self.partitions.generation();
-        let mut next = Some(first);
-        for _ in 0..BURST {
-            let Some(m) = next.take() else { break };
+        let (mut m, mut taken) = (first, 0);
+        loop {
             let partition = m.as_ref().ok().map(Message::partition);
             self.take(batch, m)?;
+            taken += 1;
             let reached = self.config.available_now
                 && partition.is_some_and(|p| self.partitions.reached_target(p));
-            if reached
+            if taken == BURST
+                || reached
                 || batch.full(self.config)
                 || self.check_log.is_some()
                 || self.partitions.generation() != generation
             {
-                break;
+                return Ok(());
             }
-            // Ready at once when librdkafka's queue holds a message or an event.
-            next = self.messages.next().now_or_never().flatten();
+            // Ready at once when librdkafka's queue holds a message or an event. A
+            // message polled is taken: dropped, it would be lost (librdkafka's
+            // position is past it).
+            match self.messages.next().now_or_never() {
+                Some(Some(next)) => m = next,
+                _ => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Takes one polled message (or event) into `batch`.
