@@ -187,7 +187,10 @@ pub type Values<'a> = [Option<Cow<'a, str>>; FIELDS.len()];
 /// nearly every payload has is read by [`plain`] first, serde_json reads the rest.
 pub fn parse(payload: Option<&[u8]>) -> Result<Values<'_>, Reject> {
     let payload = payload.ok_or(Reject::Tombstone)?;
-    let text = std::str::from_utf8(payload).map_err(|e| Reject::NotUtf8(e.to_string()))?;
+    // The fast check says only yes or no; std's says where and why, for the reason.
+    let text = simdutf8::basic::from_utf8(payload)
+        .or_else(|_| std::str::from_utf8(payload))
+        .map_err(|e| Reject::NotUtf8(e.to_string()))?;
     if let Some(values) = plain::parse(text) {
         return Ok(values);
     }
