@@ -291,7 +291,7 @@ impl<'a> LoopState<'a> {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(wake.into()),
                     if records > 0 || self.config.available_now => {}
-                // Before `recv`: a steady stream must not starve the refresh.
+                // Before the messages: a steady stream must not starve the refresh.
                 _ = tick.tick() => self.observe(),
                 Some(m) = self.messages.next() => self.take_burst(&mut batch, m)?,
             }
