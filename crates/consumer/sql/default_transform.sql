@@ -14,12 +14,18 @@
 -- single partition). Only the columns that decide are sorted; the rows kept are
 -- then picked out of the batch by their position in the topic ("partition",
 -- "offset": one row each), so the wide text columns are copied once, not by the
--- sort and again by the filter.
+-- sort and again by the filter. That position also breaks a tie of ranks (two
+-- replays of one dead letter): the record at the highest position (partition,
+-- then offset) wins, the one `Provenance` names.
+-- (A hash aggregate, first_value("offset" ORDER BY ...) GROUP BY id, keeps the
+-- same rows without the sort but measured slower: 0.87-1.02 against 0.67-0.69 µs
+-- per record in the stages example.)
 WITH ranked AS (
     SELECT id,
            "partition",
            "offset",
-           lag(id) OVER (ORDER BY id, origin_partition DESC, origin_offset DESC) AS previous_id
+           lag(id) OVER (ORDER BY id, origin_partition DESC, origin_offset DESC,
+                              "partition" DESC, "offset" DESC) AS previous_id
     FROM events
     WHERE id IS NOT NULL
 ),

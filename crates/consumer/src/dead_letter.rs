@@ -213,8 +213,19 @@ impl Provenance {
 
     /// The input rows' ranks: `origin_partition`, `origin_offset`.
     fn ranks(&self) -> Option<(&Int32Array, &Int64Array)> {
-        let p = self.input.column_by_name("origin_partition")?;
-        let o = self.input.column_by_name("origin_offset")?;
+        self.pair("origin_partition", "origin_offset")
+    }
+
+    /// The ranks, then the rows' own positions (`partition`, `offset`), which break
+    /// ties between equal ranks (two replays of one dead letter) as the default
+    /// query does: the later record wins.
+    fn order(&self) -> Option<[(&Int32Array, &Int64Array); 2]> {
+        Some([self.ranks()?, self.pair("partition", "offset")?])
+    }
+
+    fn pair(&self, partition: &str, offset: &str) -> Option<(&Int32Array, &Int64Array)> {
+        let p = self.input.column_by_name(partition)?;
+        let o = self.input.column_by_name(offset)?;
         Some((p.as_primitive_opt()?, o.as_primitive_opt()?))
     }
 
@@ -223,7 +234,7 @@ impl Provenance {
     fn input_row(&self, keys: &[Option<String>], row: usize) -> Option<usize> {
         let by_key = self.by_key.get_or_init(|| {
             let keys = key_texts(&self.input, &self.key);
-            highest_ranked(keys.into_iter(), self.ranks())
+            highest_ranked(keys.into_iter(), self.order())
         });
         keys.get(row)?.as_ref().and_then(|k| by_key.get(k).copied())
     }
@@ -260,7 +271,7 @@ impl Provenance {
         let input_keys = self.text_key(&self.input);
         let by_text = input_keys
             .as_ref()
-            .map(|keys| highest_ranked(keys.iter(), ranks));
+            .map(|keys| highest_ranked(keys.iter(), self.order()));
         output
             .iter()
             .map(|batch| {
@@ -310,12 +321,13 @@ impl Provenance {
     }
 }
 
-/// Key -> the row with that key and the highest rank (`None` keys left out).
+/// Key -> the row with that key and the highest rank, then position (`None` keys
+/// left out).
 fn highest_ranked<K: std::hash::Hash + Eq>(
     keys: impl Iterator<Item = Option<K>>,
-    ranks: Option<(&Int32Array, &Int64Array)>,
+    order: Option<[(&Int32Array, &Int64Array); 2]>,
 ) -> FastMap<K, usize> {
-    let rank = |i: usize| ranks.map(|(p, o)| (p.value(i), o.value(i)));
+    let rank = |i: usize| order.map(|o| o.map(|(p, o)| (p.value(i), o.value(i))));
     // Keys are the batch's own data, hashed once per record: a fast hash (the one
     // DataFusion's hash tables use), not SipHash.
     let (lower, _) = keys.size_hint();
@@ -559,6 +571,26 @@ mod tests {
         let got: Vec<Option<i64>> = offsets.iter().collect();
         // (f, A) -> its newest record, offset 3; a null key part matches nothing.
         assert_eq!(got, [Some(3), Some(2), Some(3), None]);
+    }
+
+    /// Two replays of one dead letter rank the same: the record named for a refused
+    /// row is the one at the highest position, the row the default query keeps, not
+    /// the one taken last.
+    #[test]
+    fn equal_ranks_are_told_apart_by_position() {
+        let mut b = crate::decode::BatchBuilder::new();
+        for (partition, offset) in [(1, 8), (2, 4), (1, 9)] {
+            let origin = Origin::ranked(partition, offset, Some((1, 3)));
+            b.push(&origin, Some(br#"{"id":"x"}"#.as_slice()));
+        }
+        let input = b.finish().0;
+        let output = input.project(&[0]).unwrap();
+        let provenance = Provenance::new(input, &["id".to_string()]);
+        let refused = provenance.dead_letters(&[output], vec![((0, 0), "no".into())], "t");
+        assert_eq!(
+            (refused[0].partition, refused[0].offset),
+            (Some(2), Some(4))
+        );
     }
 
     #[test]

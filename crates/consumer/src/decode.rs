@@ -62,6 +62,22 @@ pub struct Origin<'a> {
     pub rank: Option<(i32, i64)>,
 }
 
+#[cfg(test)]
+impl Origin<'static> {
+    /// A record of topic "t" at `partition`, `offset`, ranked by `rank`, without
+    /// timestamp or key (tests of ranking).
+    pub fn ranked(partition: i32, offset: i64, rank: Option<(i32, i64)>) -> Self {
+        Origin {
+            topic: "t",
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            rank,
+        }
+    }
+}
+
 /// Why a payload is a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {

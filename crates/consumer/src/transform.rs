@@ -200,6 +200,7 @@ impl Transform {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{DataType, TimeUnit};
     use datafusion::assert_batches_eq;
 
@@ -428,6 +429,48 @@ mod tests {
         let projected: Vec<RecordBatch> = out.iter().map(|b| b.project(&[0, 1]).unwrap()).collect();
         assert_eq!(expected.len(), 97);
         assert_eq!(rows_of(&projected), expected);
+    }
+
+    /// Two replays of one dead letter carry the same rank: the default query keeps
+    /// one row for the id, the later record's (its position breaks the tie), the row
+    /// `Provenance` names too.
+    #[tokio::test]
+    async fn default_query_breaks_a_tie_of_ranks_by_position() {
+        let mut b = BatchBuilder::new();
+        let records = [
+            (1, 7, None, "original"),
+            (1, 8, Some((1, 3)), "first replay"),
+            (1, 9, Some((1, 3)), "second replay"),
+            (2, 4, Some((1, 3)), "replayed elsewhere"),
+            (0, 5, Some((1, 3)), "replayed to partition 0"),
+        ];
+        for (partition, offset, rank, name) in records {
+            let payload = format!(r#"{{"id":"x","first_name":"{name}"}}"#);
+            b.push(
+                &Origin::ranked(partition, offset, rank),
+                Some(payload.as_bytes()),
+            );
+        }
+        let input = b.finish().0;
+        let t = Transform::new(DEFAULT_SQL).await.unwrap();
+        let kept = async |rows: RecordBatch| -> Vec<String> {
+            let out = t.run(rows).await.unwrap();
+            out.iter()
+                .flat_map(|b| {
+                    let names = b.column(1).as_string::<i32>();
+                    names
+                        .iter()
+                        .map(|n| n.unwrap_or("").to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        // The original's own rank (1, 7) beats the replays' (1, 3).
+        assert_eq!(kept(input.clone()).await, ["original"]);
+        // Among equal ranks the highest position wins: partition 2, then offset 9.
+        assert_eq!(kept(input.slice(1, 4)).await, ["replayed elsewhere"]);
+        assert_eq!(kept(input.slice(1, 2)).await, ["second replay"]);
+        assert_eq!(kept(input.slice(1, 1)).await, ["first replay"]);
     }
 
     /// `now()` is folded into a constant when planning: such a query is planned per
