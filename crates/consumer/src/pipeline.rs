@@ -388,8 +388,8 @@ impl<'a> LoopState<'a> {
                 return Ok(());
             }
         };
-        let (p, offset) = (m.partition(), m.offset());
-        if m.topic() != self.config.topic || !self.partitions.should_take(p, offset) {
+        let (topic, p, offset) = (m.topic(), m.partition(), m.offset());
+        if topic != self.config.topic || !self.partitions.should_take(p, offset) {
             return Ok(());
         }
         if batch.builder.records() == 0 {
@@ -401,7 +401,7 @@ impl<'a> LoopState<'a> {
             .bytes
             .increment((m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64);
         let origin = Origin {
-            topic: m.topic(),
+            topic,
             partition: p,
             offset,
             timestamp: m.timestamp().to_millis(),

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
@@ -117,6 +118,9 @@ pub struct PipelineContext {
     stop: CancellationToken,
     retry: Duration,
     assignment: Mutex<Assignment>,
+    /// `assignment.generation`, read without the lock: the loop asks after every
+    /// message whether a rebalance happened.
+    generation: AtomicU64,
     /// The first client error that waiting cannot heal (a failed login, a
     /// certificate that does not verify): the loop stops with it.
     /// Set once (the first wins); read lock-free on every turn of the loop.
@@ -138,6 +142,7 @@ impl PipelineContext {
             stop,
             retry,
             assignment: Mutex::new(Assignment::default()),
+            generation: AtomicU64::new(0),
             permanent: std::sync::OnceLock::new(),
         }
     }
@@ -162,10 +167,17 @@ impl PipelineContext {
 
     /// The current generation, cheaply.
     pub fn generation(&self) -> u64 {
-        self.assignment
-            .lock()
-            .map(|a| a.generation)
-            .unwrap_or(u64::MAX)
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Starts a new generation: `change` is applied to the assignment under its
+    /// lock, and the generation the loop reads moves only after it.
+    fn next_generation(&self, change: impl FnOnce(&mut Assignment)) {
+        if let Ok(mut a) = self.assignment.lock() {
+            a.generation += 1;
+            change(&mut a);
+            self.generation.store(a.generation, Ordering::Release);
+        }
     }
 
     /// Stored offsets of `partitions`, retried with backoff while PostgreSQL is
@@ -244,11 +256,10 @@ impl ConsumerContext for PipelineContext {
             partitions = ?partitions,
             stored = ?stored
         );
-        if let Ok(mut a) = self.assignment.lock() {
-            a.generation += 1;
+        self.next_generation(|a| {
             a.stored.extend(assigned);
             a.settled = true;
-        }
+        });
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -257,19 +268,16 @@ impl ConsumerContext for PipelineContext {
             Rebalance::Revoke(tpl) => {
                 let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(message = "Partitions revoked.", partitions = ?revoked);
-                if let Ok(mut a) = self.assignment.lock() {
-                    a.generation += 1;
+                self.next_generation(|a| {
                     a.settled = false;
                     for p in revoked {
                         a.stored.remove(&p);
                     }
-                }
+                });
             }
             Rebalance::Error(e) => {
                 warn!(message = "Rebalance failed.", error = %e);
-                if let Ok(mut a) = self.assignment.lock() {
-                    a.generation += 1;
-                }
+                self.next_generation(|_| {});
             }
         }
     }
