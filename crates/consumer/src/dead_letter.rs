@@ -218,11 +218,12 @@ impl Provenance {
 
     /// The ranks, then the rows' own positions (`partition`, `offset`), which break
     /// ties between equal ranks (two replays of one dead letter) as the default
-    /// query does: the later record wins.
-    fn order(&self) -> Option<[(&Int32Array, &Int64Array); 2]> {
-        Some([self.ranks()?, self.pair("partition", "offset")?])
+    /// query does: the highest position wins.
+    fn order(&self) -> Order<'_> {
+        [self.ranks(), self.pair("partition", "offset")]
     }
 
+    /// Two columns of the input, as a partition and an offset.
     fn pair(&self, partition: &str, offset: &str) -> Option<(&Int32Array, &Int64Array)> {
         let p = self.input.column_by_name(partition)?;
         let o = self.input.column_by_name(offset)?;
@@ -267,11 +268,12 @@ impl Provenance {
     /// The output with the rank of each row's record appended as
     /// [`RANK_COLUMNS`] (null where the record is not known).
     pub fn ranked(&self, output: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
-        let ranks = self.ranks();
+        let order = self.order();
+        let ranks = order[0];
         let input_keys = self.text_key(&self.input);
         let by_text = input_keys
             .as_ref()
-            .map(|keys| highest_ranked(keys.iter(), self.order()));
+            .map(|keys| highest_ranked(keys.iter(), order));
         output
             .iter()
             .map(|batch| {
@@ -321,13 +323,17 @@ impl Provenance {
     }
 }
 
+/// Partition-and-offset pairs of columns that order the input rows, compared in turn
+/// (a missing pair compares equal).
+type Order<'a> = [Option<(&'a Int32Array, &'a Int64Array)>; 2];
+
 /// Key -> the row with that key and the highest rank, then position (`None` keys
 /// left out).
 fn highest_ranked<K: std::hash::Hash + Eq>(
     keys: impl Iterator<Item = Option<K>>,
-    order: Option<[(&Int32Array, &Int64Array); 2]>,
+    order: Order<'_>,
 ) -> FastMap<K, usize> {
-    let rank = |i: usize| order.map(|o| o.map(|(p, o)| (p.value(i), o.value(i))));
+    let rank = |i: usize| order.map(|pair| pair.map(|(p, o)| (p.value(i), o.value(i))));
     // Keys are the batch's own data, hashed once per record: a fast hash (the one
     // DataFusion's hash tables use), not SipHash.
     let (lower, _) = keys.size_hint();

@@ -432,8 +432,8 @@ mod tests {
     }
 
     /// Two replays of one dead letter carry the same rank: the default query keeps
-    /// one row for the id, the later record's (its position breaks the tie), the row
-    /// `Provenance` names too.
+    /// one row for the id, the one at the highest position (which breaks the tie),
+    /// the row `Provenance` names too.
     #[tokio::test]
     async fn default_query_breaks_a_tie_of_ranks_by_position() {
         let mut b = BatchBuilder::new();
