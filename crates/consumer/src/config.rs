@@ -35,6 +35,9 @@ pub enum PastEnd {
     Latest,
 }
 
+/// `--max-batch-bytes` unless given: 16 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads user events from Kafka in micro-batches, transforms each batch with
 /// DataFusion SQL and writes the result exactly once to PostgreSQL and CSV files.
 #[derive(Debug, Clone, Parser)]
@@ -133,7 +136,7 @@ pub struct Config {
     pub max_batch_records: u64,
 
     /// A batch closes when its payloads add up to this many bytes.
-    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024,
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_bytes: u64,
 
