@@ -18,6 +18,15 @@ use crate::cpu::Shares;
 use crate::cpu::Tracked;
 use crate::report::{Consumer, Throughput};
 
+/// The `--max-batch-bytes` of a run at `batch_records`: none, the consumer's default
+/// (what the RSS target is set for), unless that many records may need more at
+/// 1 KiB each (over twice the mean event), so that records close the batches of
+/// the larger runs. (The byte limit also bounds librdkafka's buffer.)
+fn byte_limit(batch_records: usize) -> Option<u64> {
+    let needed = batch_records as u64 * 1024;
+    (needed > consumer::config::DEFAULT_MAX_BATCH_BYTES).then_some(needed)
+}
+
 /// One `consumer --available-now` run at `batch_records`, writing table `table`.
 pub async fn consumer(
     r: &Run<'_>,
@@ -31,34 +40,30 @@ pub async fn consumer(
     let out_dir = r.work.join(format!("output_{table}"));
     let group = format!("bench_{}_{table}", r.id);
     let (out, batch) = (out_dir.display().to_string(), batch_records.to_string());
-    // Large batches are bounded by records here, not by the default byte limit.
-    let bytes = (batch_records * 4096).max(16 << 20).to_string();
     let dead_letters = format!("{table}_dead_letters");
     let before = r.tracked.snapshot();
-    let mut consumer = child::spawn(
-        &r.bin_dir,
-        "consumer",
-        &r.config.brokers,
-        &[
-            "--topic",
-            topic,
-            "--group",
-            &group,
-            "--database-url",
-            &r.db_url,
-            "--table",
-            table,
-            "--dead-letter-table",
-            &dead_letters,
-            "--output-dir",
-            &out,
-            "--max-batch-records",
-            &batch,
-            "--max-batch-bytes",
-            &bytes,
-            "--available-now",
-        ],
-    )?;
+    let mut args = vec![
+        "--topic",
+        topic,
+        "--group",
+        &group,
+        "--database-url",
+        &r.db_url,
+        "--table",
+        table,
+        "--dead-letter-table",
+        &dead_letters,
+        "--output-dir",
+        &out,
+        "--max-batch-records",
+        &batch,
+        "--available-now",
+    ];
+    let bytes = byte_limit(batch_records).map(|b| b.to_string());
+    if let Some(bytes) = &bytes {
+        args.extend(["--max-batch-bytes", bytes]);
+    }
+    let mut consumer = child::spawn(&r.bin_dir, "consumer", &r.config.brokers, &args)?;
     let assigned = consumer.wait_for("Partitions assigned.", Duration::from_secs(60))?;
     let first_commit = consumer.wait_for("Batch committed.", Duration::from_secs(60))?;
     let finished = consumer.finish(Duration::from_secs(600))?;
@@ -213,4 +218,17 @@ fn csv_data_rows(dir: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_batch_runs_at_the_consumer_s_own_byte_limit() {
+        assert_eq!(byte_limit(10_000), None, "the consumer's defaults");
+        assert_eq!(byte_limit(16_384), None, "16 MiB holds 16,384 KiB records");
+        assert_eq!(byte_limit(16_385), Some(16_385 * 1024));
+        assert_eq!(byte_limit(40_000), Some(40_960_000));
+    }
 }
