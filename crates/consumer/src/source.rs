@@ -345,7 +345,8 @@ impl FetchPacing {
         Self {
             // Bound the buffer (backpressure) to about one batch's bytes. Its
             // message-count floor stays at the default: lowering it to one batch
-            // made the benchmark 1.7 times slower, for no memory saved.
+            // made the benchmark 1.7 times slower, for no memory saved (measured
+            // before the backoff below was set, whose second may explain it).
             queue_kbytes: (max_batch_bytes / 1024).clamp(1_024, 65_536),
             // Some brokers (tansu) hold every fetch for the full wait, which then
             // adds straight to end-to-end latency.
