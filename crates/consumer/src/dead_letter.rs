@@ -20,6 +20,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 // A hash map with DataFusion's fast hash, for keys taken from a batch's rows.
 use datafusion::common::HashMap as FastMap;
+use datafusion::common::hash_map::Entry;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -269,7 +270,7 @@ impl Provenance {
     /// [`RANK_COLUMNS`] (null where the record is not known).
     pub fn ranked(&self, output: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
         let order = self.order();
-        let ranks = order[0];
+        let [ranks, _] = order;
         let input_keys = self.text_key(&self.input);
         let by_text = input_keys
             .as_ref()
@@ -340,8 +341,15 @@ fn highest_ranked<K: std::hash::Hash + Eq>(
     let mut map = FastMap::with_capacity(lower);
     for (i, k) in keys.enumerate() {
         let Some(k) = k else { continue };
-        if map.get(&k).is_none_or(|j| rank(i) >= rank(*j)) {
-            map.insert(k, i);
+        // One hash per record: the entry, not a lookup and then an insert.
+        match map.entry(k) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(mut e) if rank(i) >= rank(*e.get()) => {
+                e.insert(i);
+            }
+            Entry::Occupied(_) => {}
         }
     }
     map
