@@ -20,7 +20,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 // A hash map with DataFusion's fast hash, for keys taken from a batch's rows.
 use datafusion::common::HashMap as FastMap;
-use datafusion::common::hash_map::Entry;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -342,15 +341,13 @@ fn highest_ranked<K: std::hash::Hash + Eq>(
     for (i, k) in keys.enumerate() {
         let Some(k) = k else { continue };
         // One hash per record: the entry, not a lookup and then an insert.
-        match map.entry(k) {
-            Entry::Vacant(e) => {
-                e.insert(i);
-            }
-            Entry::Occupied(mut e) if rank(i) >= rank(*e.get()) => {
-                e.insert(i);
-            }
-            Entry::Occupied(_) => {}
-        }
+        map.entry(k)
+            .and_modify(|j| {
+                if rank(i) >= rank(*j) {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
     }
     map
 }

@@ -449,7 +449,10 @@ mod tests {
     #[test]
     fn fetch_pacing_follows_the_batch_limit_and_the_trigger_interval() {
         let ms = Duration::from_millis;
-        let defaults = FetchPacing::of(16 << 20, Duration::from_secs(1));
+        let defaults = FetchPacing::of(
+            crate::config::DEFAULT_MAX_BATCH_BYTES,
+            Duration::from_secs(1),
+        );
         assert_eq!(
             defaults.settings(),
             [
