@@ -7,44 +7,34 @@
 -- Rows without an id are dropped; one row per id survives, the latest by rank; dob and registered_date become UTC timestamps (timestamptz in
 -- PostgreSQL); a value that does not parse becomes NULL instead of failing the batch.
 --
--- "The latest per id" is written as a sort by id, latest first, keeping each row
--- whose id differs from the row before it: the same rows as
--- `row_number() OVER (PARTITION BY id ORDER BY ...) = 1`, at a quarter of its cost
--- in DataFusion (a window partitioned by id keeps state per id; this one has a
--- single partition). Only the columns that decide are sorted; the rows kept are
--- then picked out of the batch by their position in the topic ("partition",
--- "offset": one row each), so the wide text columns are copied once, not by the
--- sort and again by the filter. That position also breaks a tie of ranks (two
--- replays of one dead letter): the record at the highest position (partition,
--- then offset) wins, the one `Provenance` names.
--- (A hash aggregate, first_value("offset" ORDER BY ...) GROUP BY id, keeps the
--- same rows without the sort but measured slower: 0.87-1.02 against 0.67-0.69 µs
--- per record in the stages example.)
+-- "The latest per id" is `is_latest(key, rank, ...) OVER ()`, a window function
+-- this pipeline registers: true on the one row per non-null key whose ranks are
+-- the highest, compared left to right. It keeps the same rows as
+-- `row_number() OVER (PARTITION BY id ORDER BY origin_partition DESC,
+-- origin_offset DESC, "partition" DESC, "offset" DESC) = 1` with one hash per row
+-- instead of a sort, and leaves the batch in its order, so a filter keeps the rows
+-- (copying nothing when every id is new). The row's position in the topic
+-- ("partition", "offset") breaks a tie of ranks (two replays of one dead letter):
+-- the record at the highest position wins, the one `Provenance` names.
+-- (Measured slower in issue 14: `row_number()` as above, a sort by id with
+-- `lag(id)` joined back to the batch by position, and a hash aggregate
+-- `first_value("offset" ORDER BY ...) GROUP BY id`.)
 WITH ranked AS (
-    SELECT id,
-           "partition",
-           "offset",
-           lag(id) OVER (ORDER BY id, origin_partition DESC, origin_offset DESC,
-                              "partition" DESC, "offset" DESC) AS previous_id
+    SELECT *,
+           is_latest(id, origin_partition, origin_offset, "partition", "offset") OVER () AS latest
     FROM events
-    WHERE id IS NOT NULL
-),
-latest AS (
-    SELECT "partition" AS latest_partition, "offset" AS latest_offset
-    FROM ranked
-    WHERE previous_id IS DISTINCT FROM id
 )
-SELECT e.id,
-       e.first_name,
-       e.last_name,
-       e.gender,
-       e.address,
-       e.post_code,
-       e.email,
-       e.username,
-       arrow_cast(try_cast(e.dob AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS dob,
-       arrow_cast(try_cast(e.registered_date AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS registered_date,
-       e.phone,
-       e.picture
-FROM latest
-JOIN events e ON e."partition" = latest.latest_partition AND e."offset" = latest.latest_offset
+SELECT id,
+       first_name,
+       last_name,
+       gender,
+       address,
+       post_code,
+       email,
+       username,
+       arrow_cast(try_cast(dob AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS dob,
+       arrow_cast(try_cast(registered_date AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))') AS registered_date,
+       phone,
+       picture
+FROM ranked
+WHERE latest

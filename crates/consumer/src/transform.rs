@@ -28,6 +28,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::decode::input_schema;
 
+mod latest;
+
 /// The default query, shipped in the repository as `sql/default_transform.sql`.
 pub const DEFAULT_SQL: &str = include_str!("../sql/default_transform.sql");
 
@@ -123,6 +125,7 @@ impl Transform {
             .with_target_partitions(1)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udwf(latest::is_latest());
         let schema = input_schema();
         let events = StreamingTable::try_new(schema.clone(), vec![Arc::new(CurrentBatch(schema))])?;
         ctx.register_table(INPUT_TABLE, Arc::new(events))?;
@@ -368,7 +371,7 @@ mod tests {
             // A recursive query: planned per batch.
             "WITH RECURSIVE r(n, id) AS (SELECT 1, id FROM events UNION ALL \
              SELECT n + 1, id FROM r WHERE n < 2) SELECT id, n FROM r",
-            // The default query: a sort, a window and a join back to the batch.
+            // The default query: a window over the whole batch, then a filter.
             DEFAULT_SQL,
         ];
         let first = [
@@ -394,7 +397,7 @@ mod tests {
         }
     }
 
-    /// The default query's "latest per id" (a single-partition `lag`) keeps the same
+    /// The default query's "latest per id" (`is_latest`, no sort) keeps the same
     /// rows as the plain `row_number() OVER (PARTITION BY id ...) = 1`.
     #[tokio::test]
     async fn default_query_keeps_what_row_number_keeps() {
