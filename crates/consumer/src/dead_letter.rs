@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::decode::{Origin, Reject};
 use crate::sink::copy::{self, RowAt};
+use crate::transform;
 
 /// Header of a replayed dead letter: the original record's partition.
 pub const ORIGIN_PARTITION_HEADER: &str = "users-pipeline-origin-partition";
@@ -328,28 +329,13 @@ impl Provenance {
 type Order<'a> = [Option<(&'a Int32Array, &'a Int64Array)>; 2];
 
 /// Key -> the row with that key and the highest rank, then position (`None` keys
-/// left out).
+/// left out): the default query's `is_latest` decision, with this module's order.
 fn highest_ranked<K: std::hash::Hash + Eq>(
     keys: impl Iterator<Item = Option<K>>,
     order: Order<'_>,
 ) -> FastMap<K, usize> {
     let rank = |i: usize| order.map(|pair| pair.map(|(p, o)| (p.value(i), o.value(i))));
-    // Keys are the batch's own data, hashed once per record: a fast hash (the one
-    // DataFusion's hash tables use), not SipHash.
-    let (lower, _) = keys.size_hint();
-    let mut map = FastMap::with_capacity(lower);
-    for (i, k) in keys.enumerate() {
-        let Some(k) = k else { continue };
-        // One hash per record: the entry, not a lookup and then an insert.
-        map.entry(k)
-            .and_modify(|j| {
-                if rank(i) >= rank(*j) {
-                    *j = i;
-                }
-            })
-            .or_insert(i);
-    }
-    map
+    transform::highest_ranked(keys, |a, b| rank(a) >= rank(b))
 }
 
 /// Every row's key as text (`None` when the column is missing or the value null).

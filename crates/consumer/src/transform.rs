@@ -30,6 +30,8 @@ use crate::decode::input_schema;
 
 mod latest;
 
+pub(crate) use latest::highest_ranked;
+
 /// The default query, shipped in the repository as `sql/default_transform.sql`.
 pub const DEFAULT_SQL: &str = include_str!("../sql/default_transform.sql");
 

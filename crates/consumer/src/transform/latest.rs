@@ -87,23 +87,33 @@ impl PartitionEvaluator for Latest {
         let Some((key, ranks)) = values.split_first() else {
             return plan_err!("{NAME}(key, rank, ...) needs a key");
         };
-        let ranks = Ranks::new(ranks)?;
+        let ranks = (!ranks.is_empty()).then(|| encoded(ranks)).transpose()?;
+        // Row `a` wins over an earlier row `b` of its key with ranks at least as high.
+        let wins = |a, b| ranks.as_ref().is_none_or(|r| r.row(a) >= r.row(b));
         let kept = match key.data_type() {
             // Text keys (the usual case) are hashed as they are.
-            DataType::Utf8 => latest_rows(key.as_string::<i32>().iter(), &ranks),
+            DataType::Utf8 => {
+                let keys = key.as_string::<i32>().iter();
+                mask_of(num_rows, highest_ranked(keys, wins).into_values())
+            }
             _ => {
                 let rows = encoded(std::slice::from_ref(key))?;
                 let keys = (0..num_rows).map(|i| key.is_valid(i).then(|| rows.row(i)));
-                latest_rows(keys, &ranks)
+                mask_of(num_rows, highest_ranked(keys, wins).into_values())
             }
         };
-        let mut mask = BooleanBufferBuilder::new(num_rows);
-        mask.append_n(num_rows, false);
-        for row in kept {
-            mask.set_bit(row, true);
-        }
-        Ok(Arc::new(BooleanArray::new(mask.finish(), None)))
+        Ok(Arc::new(kept))
     }
+}
+
+/// True at the rows kept, false elsewhere.
+fn mask_of(num_rows: usize, kept: impl Iterator<Item = usize>) -> BooleanArray {
+    let mut mask = BooleanBufferBuilder::new(num_rows);
+    mask.append_n(num_rows, false);
+    for row in kept {
+        mask.set_bit(row, true);
+    }
+    BooleanArray::new(mask.finish(), None)
 }
 
 /// Columns in Arrow's row format, whose rows compare (and hash) as their values do.
@@ -115,39 +125,29 @@ fn encoded(columns: &[ArrayRef]) -> Result<Rows> {
     Ok(RowConverter::new(fields)?.convert_columns(columns)?)
 }
 
-/// The rows' ranks, comparable as one value per row.
-struct Ranks(Option<Rows>);
-
-impl Ranks {
-    fn new(columns: &[ArrayRef]) -> Result<Self> {
-        Ok(Self(if columns.is_empty() {
-            None
-        } else {
-            Some(encoded(columns)?)
-        }))
-    }
-
-    /// Whether row `a` wins over row `b` of the same key: ranks at least as high
-    /// (the later of equal rows wins, and rows come in order).
-    fn wins(&self, a: usize, b: usize) -> bool {
-        self.0.as_ref().is_none_or(|r| r.row(a) >= r.row(b))
-    }
-}
-
-/// The row kept for each key: the highest ranked.
-fn latest_rows<K: Hash + Eq>(keys: impl Iterator<Item = Option<K>>, ranks: &Ranks) -> Vec<usize> {
-    let mut best: FastMap<K, usize> = FastMap::default();
-    for (row, key) in keys.enumerate() {
-        let Some(key) = key else { continue };
-        best.entry(key)
-            .and_modify(|kept| {
-                if ranks.wins(row, *kept) {
-                    *kept = row;
+/// Key -> the row that wins among the rows with that key (`None` keys left out):
+/// `wins(a, b)` says whether row `a` wins over the earlier row `b`. Shared with
+/// `dead_letter::Provenance`, which must name the row this keeps.
+pub(crate) fn highest_ranked<K: Hash + Eq>(
+    keys: impl Iterator<Item = Option<K>>,
+    wins: impl Fn(usize, usize) -> bool,
+) -> FastMap<K, usize> {
+    // Keys are the batch's own data, hashed once per record: a fast hash (the one
+    // DataFusion's hash tables use), not SipHash.
+    let (lower, _) = keys.size_hint();
+    let mut map = FastMap::with_capacity(lower);
+    for (i, k) in keys.enumerate() {
+        let Some(k) = k else { continue };
+        // One hash per record: the entry, not a lookup and then an insert.
+        map.entry(k)
+            .and_modify(|j| {
+                if wins(i, *j) {
+                    *j = i;
                 }
             })
-            .or_insert(row);
+            .or_insert(i);
     }
-    best.into_values().collect()
+    map
 }
 
 #[cfg(test)]
